@@ -1,0 +1,357 @@
+"""`userseg` command line.  Talks to the store and the reconciler, never to nft or LDAP.
+
+Exit codes: 0 ok, 1 the firewall refused a change, 2 bad input (arguments,
+config or store contents) with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from userseg import cli_output as out
+from userseg.config import ConfigError, default_config_path, load_config
+from userseg.core.compile import CompileError
+from userseg.core.simulate import simulate
+from userseg.model import IPAddress, Mapping, ModelError, Proto, User, canonical, ip
+from userseg.ports import FirewallError
+from userseg.runtime import Runtime, open_runtime, reconcile_lock
+from userseg.store import StoreError
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed as one line, exit code 2."""
+
+
+def parse_destination(text: str) -> tuple[IPAddress, Proto, int | None]:
+    """DEST[:PORT][/PROTO], IPv6 as [addr]:port; tcp when no protocol is given."""
+    m = re.fullmatch(
+        r"(?:\[(?P<v6>[^\]]+)\]|(?P<addr>[^:/\[\]]+|[0-9a-fA-F:]+?))(?::(?P<port>\d+))?(?:/(?P<proto>\w+))?",
+        text.strip(),
+    )
+    if not m:
+        raise UsageError(f"bad destination {text!r} (expected ADDR[:PORT][/tcp|udp|icmp])")
+    addr_text = m.group("v6") or m.group("addr")
+    if m.group("v6") is None and addr_text.count(":") > 1 and m.group("port"):
+        raise UsageError(f"bad destination {text!r}: write IPv6 with a port as [ADDR]:PORT")
+    try:
+        dest = ip(addr_text)
+        proto = Proto((m.group("proto") or "tcp").lower())
+    except (ModelError, ValueError) as exc:
+        raise UsageError(f"bad destination {text!r}: {exc}") from None
+    port = int(m.group("port")) if m.group("port") else None
+    if port is not None and not 0 <= port <= 65535:
+        raise UsageError(f"bad destination {text!r}: port must be 0-65535")
+    if proto is not Proto.ICMP and port is None:
+        raise UsageError(f"destination {text!r} needs a port for {proto.value}")
+    return dest, proto, port
+
+
+def _ip_arg(text: str) -> IPAddress:
+    try:
+        return ip(text)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{cfg.source}: ok ({len(cfg.applications)} application(s), {len(cfg.policies)} policy(ies))")
+    return 0
+
+
+def cmd_db_upgrade(rt: Runtime, args: argparse.Namespace) -> int:
+    rt.store.upgrade()
+    print(f"database at revision {rt.store.current_revision()}")
+    return 0
+
+
+def _sync(rt: Runtime, quiet: bool = False) -> int:
+    with reconcile_lock(rt.config.netns):
+        report = rt.reconciler.full_sync(rt.snapshot())
+    if not quiet:
+        what = (
+            f"applied {report.plan.element_count()} element change(s)"
+            if report.applied
+            else "already in sync"
+        )
+        print(
+            f"{what}; {report.mappings} mapping(s), {report.classes} class(es); "
+            f"{report.flows_cut} flow(s) cut; {report.seconds * 1000:.0f} ms"
+        )
+    return 0
+
+
+def cmd_reconcile(rt: Runtime, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = rt.reconciler.plan(rt.snapshot())
+        if args.json:
+            out.emit_json(out.plan_json(plan))
+        else:
+            print("\n".join(out.plan_lines(plan)))
+        return 0
+    return _sync(rt)
+
+
+def cmd_enforce(rt: Runtime, args: argparse.Namespace) -> int:
+    """Foreground enforcer: resync on every store change and every resync interval."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    interval = rt.config.resync_interval
+    seen = -1
+    next_full = 0.0
+    import time
+
+    while not stop.is_set():
+        gen = rt.store.generation()
+        now = time.monotonic()
+        if gen != seen or now >= next_full:
+            try:
+                _sync(rt, quiet=True)
+                seen, next_full = gen, now + interval
+            except (FirewallError, CompileError, StoreError) as exc:
+                print(f"userseg: reconcile failed, will retry: {exc}", file=sys.stderr, flush=True)
+                next_full = now + min(interval, 2.0)
+        if args.once:
+            break
+        stop.wait(args.poll)
+    return 0
+
+
+def cmd_map_add(rt: Runtime, args: argparse.Namespace) -> int:
+    addr = _ip_arg(args.ip)
+    ttl = args.ttl if args.ttl is not None else rt.config.default_ttl
+    if ttl <= 0:
+        raise UsageError("--ttl must be a positive number of seconds")
+    now = rt.clock.now()
+    user = canonical(args.user)
+    if not user or any(c in user for c in "\x00\n\r"):
+        raise UsageError(f"bad user name {args.user!r}")
+    m = Mapping(addr, user, "cli", now, now, now + timedelta(seconds=ttl), {"operator": args.actor})
+    replaced = rt.store.put_mapping(m, audit_actor=args.actor, now=now)
+    if replaced is not None and replaced.user != user:
+        print(f"{addr} was mapped to {replaced.user}; now {user}")
+    if not args.no_apply:
+        _sync(rt)
+    return 0
+
+
+def cmd_map_del(rt: Runtime, args: argparse.Namespace) -> int:
+    addr = _ip_arg(args.ip)
+    removed = rt.store.remove_mapping(addr, audit_actor=args.actor, now=rt.clock.now())
+    if removed is None:
+        raise UsageError(f"no mapping for {addr}")
+    if not args.no_apply:
+        _sync(rt)
+    return 0
+
+
+def cmd_mappings(rt: Runtime, args: argparse.Namespace) -> int:
+    user = canonical(args.user) if args.user else None
+    addr = _ip_arg(args.ip) if args.ip else None
+    rows = rt.store.mappings(user=user, ip=addr, active_at=rt.clock.now())
+    if args.json:
+        out.emit_json([out.mapping_json(m) for m in rows])
+        return 0
+    print(
+        out.table(
+            ["IP", "USER", "SOURCE", "LAST SEEN", "EXPIRES"],
+            [[m.ip, m.user, m.source, m.last_seen, m.expires_at] for m in rows],
+        )
+    )
+    return 0
+
+
+def cmd_simulate(rt: Runtime, args: argparse.Namespace) -> int:
+    who: str | IPAddress
+    try:
+        who = ipaddress.ip_address(args.who)
+    except ValueError:
+        who = args.who
+    dest, proto, port = parse_destination(args.destination)
+    r = simulate(rt.snapshot(), who, dest, proto, port, rt.clock.now())
+    if args.json:
+        out.emit_json(
+            {
+                "verdict": r.action.value,
+                "rule": r.rule,
+                "reason": r.reason,
+                "user": r.user,
+                "ip": str(r.ip) if r.ip else None,
+                "class": r.class_name,
+                "staged": {"policy": r.staged.policy, "verdict": r.staged.action.value} if r.staged else None,
+                "applicable_policies": list(r.applicable),
+            }
+        )
+    else:
+        print(f"{r.action.value.upper()} by {r.rule}: {r.reason}")
+        if r.class_name:
+            print(f"entitlement class {r.class_name} (policies: {', '.join(r.applicable) or 'none'})")
+    return 0
+
+
+def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
+    snap = rt.snapshot()
+    plan = rt.reconciler.plan(snap)
+    info: dict[str, Any] = {
+        "config": rt.config.source,
+        "database": make_url(rt.config.database_url).render_as_string(hide_password=True),
+        "netns": rt.config.netns,
+        "in_sync": plan.is_empty,
+        "pending_element_changes": plan.element_count(),
+        "users": len(snap.users),
+        "active_mappings": len(snap.mappings),
+        "applications": len(snap.applications),
+        "policies": len(snap.policies),
+        "default_action": snap.default_action.value,
+    }
+    if args.json:
+        out.emit_json(info)
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k.replace('_', ' '):{width}}  {v}")
+    return 0 if plan.is_empty else 3
+
+
+def cmd_directory_import(rt: Runtime, args: argparse.Namespace) -> int:
+    """Load users and (effective) groups from a JSON file: for labs and AD-less sites."""
+    try:
+        data = json.loads(Path(args.file).read_text())
+        users = [
+            User(
+                canonical(u["name"]),
+                u.get("display_name", ""),
+                bool(u.get("disabled", False)),
+                frozenset(canonical(g) for g in u.get("groups", [])),
+            )
+            for u in data["users"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"cannot import directory from {args.file}: {exc!r}") from None
+    from userseg.model import Group
+
+    groups = {g for u in users for g in u.groups}
+    rt.store.replace_directory(users, [Group(g, g) for g in sorted(groups)], now=rt.clock.now())
+    print(f"imported {len(users)} user(s), {len(groups)} group(s)")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="userseg", description="Active Directory user-segmentation gateway")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default $USERSEG_CONFIG or /etc/userseg/userseg.toml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("check-config", help="validate the config file")
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create or migrate the database schema")
+
+    r = sub.add_parser("reconcile", help="bring the kernel in step with the desired state")
+    r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    r.add_argument("--json", action="store_true")
+
+    e = sub.add_parser("enforce", help="keep reconciling in the foreground (store changes, resync timer)")
+    e.add_argument("--poll", type=float, default=0.2, help="seconds between store change checks")
+    e.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+
+    mp = sub.add_parser("map", help="manual user -> IP mappings").add_subparsers(
+        dest="map_command", required=True
+    )
+    ma = mp.add_parser("add", help="map USER to IP")
+    ma.add_argument("user")
+    ma.add_argument("ip")
+    ma.add_argument("--ttl", type=int, default=None, help="seconds (default: mappings.default_ttl)")
+    md = mp.add_parser("del", help="remove the mapping of IP")
+    md.add_argument("ip")
+    for x in (ma, md):
+        x.add_argument("--no-apply", action="store_true", help="only write the store")
+        x.add_argument("--actor", default="cli", help=argparse.SUPPRESS)
+
+    m = sub.add_parser("mappings", help="list active mappings")
+    m.add_argument("--user")
+    m.add_argument("--ip")
+    m.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("simulate", help="can USER or IP reach DEST[:PORT][/PROTO]?")
+    s.add_argument("who", metavar="USER|IP")
+    s.add_argument("destination", metavar="DEST[:PORT][/PROTO]")
+    s.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="health and whether the kernel matches (exit 3 if not)")
+    st.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("directory", help="directory data").add_subparsers(dest="dir_command", required=True)
+    di = d.add_parser("import", help="load users and groups from a JSON file")
+    di.add_argument("file")
+    return p
+
+
+COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
+    "reconcile": cmd_reconcile,
+    "enforce": cmd_enforce,
+    "mappings": cmd_mappings,
+    "simulate": cmd_simulate,
+    "status": cmd_status,
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        return cmd_check_config(args)
+    config = load_config(args.config)
+    rt = open_runtime(config)
+    try:
+        if args.command == "db":
+            return cmd_db_upgrade(rt, args)
+        if args.command == "map":
+            return (cmd_map_add if args.map_command == "add" else cmd_map_del)(rt, args)
+        if args.command == "directory":
+            return cmd_directory_import(rt, args)
+        return COMMANDS[args.command](rt, args)
+    finally:
+        rt.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config is None:
+        args.config = default_config_path()
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"userseg: config error: {line}", file=sys.stderr)
+        return 2
+    except (UsageError, StoreError, CompileError, ModelError) as exc:
+        print(f"userseg: error: {exc}", file=sys.stderr)
+        return 2
+    except FirewallError as exc:
+        print(f"userseg: firewall refused the change (kernel unchanged): {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Keeps the kernel in step with the desired state (Calico Felix's pattern).
+
+* Full sync: compile the snapshot, read the kernel back, diff, apply.  The
+  first sync of a process reads before it writes and never flushes, so a
+  restart leaves enforcement untouched where nothing changed.
+* Fast path: one mapping change is one map element (delete+add when it
+  changes), applied without recompiling, as long as the user's class exists.
+* Revocation: after access shrinks, tracked flows of the affected sources that
+  the new state would refuse are deleted, so established connections die while
+  still-allowed ones survive.
+* On any apply error the state is marked dirty; the next call does a full
+  sync, which re-reads the kernel (the failed transaction changed nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from time import perf_counter
+
+from userseg.core.compile import DesiredState, MapTarget, compile_state
+from userseg.core.diff import diff
+from userseg.core.render import USER_MAP, VMAP_KIND, render
+from userseg.core.simulate import evaluate
+from userseg.core.table import AddElements, DeleteElements, MapElement, Plan
+from userseg.model import Action, IPAddress, Snapshot
+from userseg.ports import Clock, ConnectionTable, Firewall, Flow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    plan: Plan
+    applied: bool
+    seconds: float
+    flows_cut: int = 0
+    classes: int = 0
+    mappings: int = 0
+
+
+@dataclass
+class _Mirror:
+    """What we believe the kernel's user maps hold, keyed by IP (fast-path diff base)."""
+
+    elements: dict[IPAddress, MapElement] = field(default_factory=dict)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        firewall: Firewall,
+        clock: Clock,
+        connections: ConnectionTable | None = None,
+        local_addresses: Callable[[], set[IPAddress]] | None = None,
+    ) -> None:
+        self._fw = firewall
+        self._clock = clock
+        self._conns = connections
+        self._local = local_addresses or (lambda: set())
+        self._lock = threading.RLock()
+        self.desired: DesiredState | None = None
+        self._mirror = _Mirror()
+        self.dirty = True
+
+    # ------------------------------------------------------------ full sync
+
+    def plan(self, snapshot: Snapshot) -> Plan:
+        """Dry run: what a full sync would do right now (reads, never writes)."""
+        now = self._clock.now()
+        return diff(render(compile_state(snapshot, now)), self._fw.read(), now)
+
+    def full_sync(self, snapshot: Snapshot) -> SyncReport:
+        with self._lock:
+            start = perf_counter()
+            now = self._clock.now()
+            desired = compile_state(snapshot, now)  # CompileError: nothing is touched
+            spec = render(desired)
+            plan = diff(spec, self._fw.read(), now)
+            if not plan.is_empty:
+                try:
+                    self._fw.apply(plan)
+                except Exception:
+                    self.dirty = True
+                    raise
+            previous = self.desired
+            self.desired = desired
+            self._mirror.elements = {ip: _element(ip, t) for ip, t in desired.mappings.items()}
+            self.dirty = False
+            cut = self._revoke_after_full(previous, desired)
+            return SyncReport(
+                plan,
+                not plan.is_empty,
+                perf_counter() - start,
+                cut,
+                len(desired.classes),
+                len(desired.mappings),
+            )
+
+    # ------------------------------------------------------------ fast path
+
+    def set_mapping(self, ip: IPAddress, user: str, expires_at: datetime) -> bool:
+        """Map ip -> user's class with one element; False if a full sync is needed
+        (no desired state yet, dirty, or the user has no class instantiated)."""
+        with self._lock:
+            desired = self.desired
+            if desired is None or self.dirty:
+                return False
+            cname = desired.user_class.get(user)
+            if cname is None:
+                return False
+            target = MapTarget(user, cname, expires_at)
+            return self._change(ip, target)
+
+    def remove_mapping(self, ip: IPAddress) -> bool:
+        with self._lock:
+            if self.desired is None or self.dirty:
+                return False
+            return self._change(ip, None)
+
+    def _change(self, ip: IPAddress, target: MapTarget | None) -> bool:
+        assert self.desired is not None
+        now = self._clock.now()
+        old = self._mirror.elements.get(ip)
+        new = _element(ip, target) if target else None
+        if old == new:
+            return True
+        name, kind = USER_MAP[ip.version], VMAP_KIND[ip.version]
+        ops: list[AddElements | DeleteElements] = []
+        if old is not None:
+            ops.append(DeleteElements(name, kind, (old,)))
+        if new is not None:
+            ops.append(AddElements(name, kind, (new,)))
+        try:
+            self._fw.apply(Plan(now=now, main=tuple(ops)))
+        except Exception:
+            self.dirty = True
+            raise
+        mappings = self.desired.mappings
+        assert isinstance(mappings, dict)
+        if target is None:
+            mappings.pop(ip, None)
+            self._mirror.elements.pop(ip, None)
+        else:
+            mappings[ip] = target
+            assert new is not None
+            self._mirror.elements[ip] = new
+        if old is not None and (new is None or new.target != old.target):
+            self._cut_forbidden([ip])
+        return True
+
+    # ------------------------------------------------------------ revocation
+
+    def _revoke_after_full(self, old: DesiredState | None, new: DesiredState) -> int:
+        if self._conns is None:
+            return 0
+        if old is None or _shrank_for_everyone(old, new):
+            return self._cut_forbidden(None)
+        affected: set[IPAddress] = set()
+        for ip, t in old.mappings.items():
+            n = new.mappings.get(ip)
+            if n is None or n.class_name != t.class_name:
+                affected.add(ip)
+        shrunk = {name for name, c in old.classes.items() if _class_shrank(c, new.classes.get(name))}
+        affected.update(ip for ip, t in new.mappings.items() if t.class_name in shrunk)
+        if new.unknown_class in shrunk:
+            return self._cut_forbidden(None)
+        return self._cut_forbidden(sorted(affected, key=str)) if affected else 0
+
+    def _cut_forbidden(self, sources: Iterable[IPAddress] | None) -> int:
+        """Delete tracked flows from these sources (None: all) the current state refuses."""
+        if self._conns is None or self.desired is None:
+            return 0
+        desired = self.desired
+        local = self._local()
+        policed = desired.gateway.client_networks
+        candidates = set(desired.mappings) | ({ip for ip in sources} if sources is not None else set())
+        doomed: list[Flow] = []
+        for flow in self._conns.flows_from(sources):
+            if flow.daddr in local:
+                continue  # traffic to the gateway itself is not forwarded, so not ours to police
+            if (
+                sources is None
+                and flow.saddr not in candidates
+                and not any(n.contains(flow.saddr) for n in policed)
+            ):
+                continue
+            if evaluate(desired, flow.saddr, flow.daddr, flow.proto, flow.dport) is not Action.ALLOW:
+                doomed.append(flow)
+        if not doomed:
+            return 0
+        cut = self._conns.delete(doomed)
+        log.info("revocation cut %d tracked flow(s)", cut)
+        return cut
+
+
+def _element(ip: IPAddress, target: MapTarget) -> MapElement:
+    return MapElement(int(ip), target.class_name, target.expires_at)
+
+
+def _class_shrank(old_cls: object, new_cls: object) -> bool:
+    from userseg.core.compile import EntitlementClass
+
+    assert isinstance(old_cls, EntitlementClass)
+    if new_cls is None:
+        return True
+    assert isinstance(new_cls, EntitlementClass)
+    if old_cls.match_action is not new_cls.match_action:
+        return True
+    if old_cls.match_action is Action.ALLOW:
+        return not old_cls.boxes <= new_cls.boxes
+    return not new_cls.boxes <= old_cls.boxes
+
+
+def _shrank_for_everyone(old: DesiredState, new: DesiredState) -> bool:
+    return (
+        old.default_action is not new.default_action
+        or not old.infrastructure <= new.infrastructure
+        or old.gateway != new.gateway
+    )
