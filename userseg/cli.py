@@ -123,6 +123,8 @@ def cmd_enforce(rt: Runtime, args: argparse.Namespace) -> int:
         if gen != seen or now >= next_full:
             try:
                 _sync(rt, quiet=True)
+                if seen == -1:
+                    print("userseg: enforcing; kernel in step with the desired state", flush=True)
                 seen, next_full = gen, now + interval
             except (FirewallError, CompileError, StoreError) as exc:
                 print(f"userseg: reconcile failed, will retry: {exc}", file=sys.stderr, flush=True)

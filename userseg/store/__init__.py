@@ -1,0 +1,9 @@
+"""Persistent state: directory snapshot, IP->user mappings, applications, policies, settings, audit.
+
+Import Store and StoreError from here; the submodules are implementation.
+"""
+
+from userseg.store.codec import StoreError
+from userseg.store.repository import AuditEntry, SnapshotParts, Store
+
+__all__ = ["AuditEntry", "SnapshotParts", "Store", "StoreError"]
