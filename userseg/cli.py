@@ -257,6 +257,17 @@ def cmd_directory_import(rt: Runtime, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+class _Sub:
+    """Sub-command factory that gives every sub-command the common options."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action, self._common = action, common
+
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, parents=[self._common], **kw)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="userseg", description="Active Directory user-segmentation gateway")
     p.add_argument(
@@ -265,10 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="config file (default $USERSEG_CONFIG or /etc/userseg/userseg.toml)",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --config is accepted before or after the command (`userseg check-config --config F`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = _Sub(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     sub.add_parser("check-config", help="validate the config file")
-    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    db = _Sub(
+        sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True),
+        common,
+    )
     db.add_parser("upgrade", help="create or migrate the database schema")
 
     r = sub.add_parser("reconcile", help="bring the kernel in step with the desired state")
@@ -279,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--poll", type=float, default=0.2, help="seconds between store change checks")
     e.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
 
-    mp = sub.add_parser("map", help="manual user -> IP mappings").add_subparsers(
-        dest="map_command", required=True
+    mp = _Sub(
+        sub.add_parser("map", help="manual user -> IP mappings").add_subparsers(
+            dest="map_command", required=True
+        ),
+        common,
     )
     ma = mp.add_parser("add", help="map USER to IP")
     ma.add_argument("user")
@@ -305,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="health and whether the kernel matches (exit 3 if not)")
     st.add_argument("--json", action="store_true")
 
-    d = sub.add_parser("directory", help="directory data").add_subparsers(dest="dir_command", required=True)
+    d = _Sub(
+        sub.add_parser("directory", help="directory data").add_subparsers(dest="dir_command", required=True),
+        common,
+    )
     di = d.add_parser("import", help="load users and groups from a JSON file")
     di.add_argument("file")
     return p

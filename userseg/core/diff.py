@@ -92,7 +92,9 @@ def diff(spec: TableSpec, actual: ActualState, now: datetime) -> Plan:
         return Plan(now=now, prelude=tuple(cold), bulk=tuple(loads), main=tuple(base_rules))
 
     for name, s in spec.sets.items():
-        if name in actual.sets and actual.sets[name].kind is not s.kind:
+        # Same name but another type or flags (e.g. a map recreated without timeouts)
+        # cannot be altered in place: every later element write would fail.
+        if name in actual.sets and actual.sets[name] != s:
             return rebuild(spec, now)
     for name, c in spec.chains.items():
         if name in actual.chains and actual.chains[name].base != c.base:
