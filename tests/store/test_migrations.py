@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from userseg.store import Store, StoreError
-from userseg.store.engine import ALEMBIC_INI, alembic_config, head_revision, make_engine
+from userseg.store.engine import ALEMBIC_INI, alembic_config, head_revision, make_engine, migrations_head
 from userseg.store.schema import Base
 
 EXPECTED_TABLES = {
@@ -149,3 +149,8 @@ def test_downgrade_to_base_removes_everything(tmp_path: Path) -> None:
     assert tables(db) == {"alembic_version"}
     assert indexes(db) == set()
     assert Store(f"sqlite:///{db}").current_revision() is None
+
+
+def test_schema_head_constant_matches_the_packaged_migrations() -> None:
+    """SCHEMA_HEAD spares every CLI call an Alembic import; it must name the real head."""
+    assert head_revision() == migrations_head()

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from alembic import command
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -99,6 +98,8 @@ class Store:
             with self._engine.connect() as conn:
                 conn.execution_options(**{WRITE_OPTION: True})
                 with conn.begin():
+                    from alembic import command
+
                     command.upgrade(alembic_config(conn), "head")
         except SQLAlchemyError as exc:
             raise StoreError(f"upgrading database at {self.display_url} failed: {exc}") from exc
