@@ -17,9 +17,8 @@ import time
 from datetime import timedelta
 from time import perf_counter
 
-from userseg.adapters.firewall.nft import NftFirewall
-
 from bench.world import NOW, client_ip, world
+from userseg.adapters.firewall.nft import NftFirewall
 from userseg.core.compile import compile_state
 from userseg.core.diff import diff
 from userseg.core.render import render
