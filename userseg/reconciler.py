@@ -19,13 +19,14 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
 from time import perf_counter
 
 from userseg.core.compile import DesiredState, MapTarget, compile_state
 from userseg.core.diff import diff
-from userseg.core.render import USER_MAP, VMAP_KIND, render
+from userseg.core.render import CLIENTS, CLIENTS_IF, DENY, FORWARD, INFRA, POLICE, USER_MAP, VMAP_KIND, render
 from userseg.core.simulate import evaluate
-from userseg.core.table import AddElements, DeleteElements, MapElement, Plan
+from userseg.core.table import AddElements, DeleteElements, DeleteTable, MapElement, Plan, SetRules
 from userseg.model import Action, IPAddress, Snapshot
 from userseg.ports import Clock, ConnectionTable, Firewall, Flow
 
@@ -86,11 +87,10 @@ class Reconciler:
                 except Exception:
                     self.dirty = True
                     raise
-            previous = self.desired
             self.desired = desired
             self._mirror.elements = {ip: _element(ip, t) for ip, t in desired.mappings.items()}
             self.dirty = False
-            cut = self._revoke_after_full(previous, desired)
+            cut = self._revoke_after_full(plan, desired)
             return SyncReport(
                 plan,
                 not plan.is_empty,
@@ -154,20 +154,13 @@ class Reconciler:
 
     # ------------------------------------------------------------ revocation
 
-    def _revoke_after_full(self, old: DesiredState | None, new: DesiredState) -> int:
-        if self._conns is None:
+    def _revoke_after_full(self, plan: Plan, desired: DesiredState) -> int:
+        if self._conns is None or plan.is_empty:
             return 0
-        if old is None or _shrank_for_everyone(old, new):
+        affected = affected_sources(plan, desired)
+        if affected is EVERYONE:
             return self._cut_forbidden(None)
-        affected: set[IPAddress] = set()
-        for ip, t in old.mappings.items():
-            n = new.mappings.get(ip)
-            if n is None or n.class_name != t.class_name:
-                affected.add(ip)
-        shrunk = {name for name, c in old.classes.items() if _class_shrank(c, new.classes.get(name))}
-        affected.update(ip for ip, t in new.mappings.items() if t.class_name in shrunk)
-        if new.unknown_class in shrunk:
-            return self._cut_forbidden(None)
+        assert isinstance(affected, set)
         return self._cut_forbidden(sorted(affected, key=str)) if affected else 0
 
     def _cut_forbidden(self, sources: Iterable[IPAddress] | None) -> int:
@@ -201,23 +194,63 @@ def _element(ip: IPAddress, target: MapTarget) -> MapElement:
     return MapElement(int(ip), target.class_name, target.expires_at)
 
 
-def _class_shrank(old_cls: object, new_cls: object) -> bool:
-    from userseg.core.compile import EntitlementClass
-
-    assert isinstance(old_cls, EntitlementClass)
-    if new_cls is None:
-        return True
-    assert isinstance(new_cls, EntitlementClass)
-    if old_cls.match_action is not new_cls.match_action:
-        return True
-    if old_cls.match_action is Action.ALLOW:
-        return not old_cls.boxes <= new_cls.boxes
-    return not new_cls.boxes <= old_cls.boxes
+class _Everyone:
+    """Marker: the change may shrink access for any client (sweep every policed flow)."""
 
 
-def _shrank_for_everyone(old: DesiredState, new: DesiredState) -> bool:
-    return (
-        old.default_action is not new.default_action
-        or not old.infrastructure <= new.infrastructure
-        or old.gateway != new.gateway
-    )
+EVERYONE = _Everyone()
+PER_SOURCE_SWEEP_LIMIT = 256
+
+
+def affected_sources(plan: Plan, desired: DesiredState) -> set[IPAddress] | _Everyone:
+    """Which client addresses may have lost access through this plan.
+
+    Derived from the plan itself, so a restart whose plan is empty sweeps nothing,
+    and a change sweeps exactly the sources whose element or class shrank.
+    """
+    shrunk_classes: set[str] = set()
+    sources: set[IPAddress] = set()
+    for op in plan.ops():
+        if isinstance(op, DeleteTable):
+            return EVERYONE
+        if isinstance(op, SetRules):
+            if op.chain in (FORWARD, POLICE, DENY):
+                return EVERYONE
+            if op.chain in desired.classes and op not in plan.prelude:
+                shrunk_classes.add(op.chain)  # an existing class chain got other rules
+            continue
+        if not isinstance(op, AddElements | DeleteElements):
+            continue
+        if op.set_name in USER_MAP.values():
+            # Deleted: the IP lost its class.  Added: it left the unknown class, whose
+            # rules may have allowed what its user's class does not.
+            sources.update(_address(e.addr, op.kind.version) for e in op.elements)  # type: ignore[attr-defined]
+            continue
+        if op.set_name in INFRA.values():
+            if isinstance(op, DeleteElements):
+                return EVERYONE
+            continue
+        if op.set_name == CLIENTS_IF or op.set_name in CLIENTS.values():
+            if isinstance(op, AddElements) and op not in plan.bulk:
+                return EVERYONE  # newly policed clients: their flows were never checked
+            continue
+        cls = desired.classes.get(op.set_name.rsplit("_", 1)[0])
+        if cls is None or op.set_name.endswith(("_s4", "_s6")):
+            continue
+        narrows = (
+            isinstance(op, DeleteElements)
+            if cls.match_action is Action.ALLOW
+            else isinstance(op, AddElements)
+        )
+        if narrows:
+            shrunk_classes.add(cls.name)
+    if desired.unknown_class in shrunk_classes:
+        return EVERYONE
+    if shrunk_classes:
+        sources.update(ip for ip, t in desired.mappings.items() if t.class_name in shrunk_classes)
+    # One full dump beats thousands of per-source dumps (each a kernel walk).
+    return EVERYONE if len(sources) > PER_SOURCE_SWEEP_LIMIT else sources
+
+
+def _address(value: int, version: int | None) -> IPAddress:
+    return IPv4Address(value) if version == 4 else IPv6Address(value)

@@ -1,0 +1,145 @@
+"""The reconciler against the in-memory fake firewall and a fake connection table:
+fast path, error handling, and which flows revocation cuts (and when it looks at none)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.core.strategies import NOW
+from tests.core.test_compile import pol, world
+from tests.core.test_diff import actual_of
+from userseg.adapters.firewall.fake import FakeFirewall
+from userseg.core.compile import compile_state
+from userseg.core.diff import diff
+from userseg.core.render import render
+from userseg.core.table import AddElements
+from userseg.model import AddressRange, Application, GatewaySettings, IPAddress, Service, Snapshot, User
+from userseg.ports import FirewallError, Flow
+from userseg.reconciler import EVERYONE, Reconciler, affected_sources
+
+A = ipaddress.ip_address
+ALICE, BOB = A("198.18.10.11"), A("198.18.10.12")
+WEB, SSH = A("198.18.20.10"), A("198.18.20.3")
+
+
+class Clock:
+    def now(self) -> datetime:
+        return NOW
+
+
+class Flows:
+    """A connection table that records what the reconciler asked for."""
+
+    def __init__(self, flows: list[Flow]) -> None:
+        self.flows = flows
+        self.queries: list[list[IPAddress] | None] = []
+
+    def flows_from(self, sources: Iterable[IPAddress] | None) -> list[Flow]:
+        wanted = None if sources is None else list(sources)
+        self.queries.append(wanted)
+        return [f for f in self.flows if wanted is None or f.saddr in wanted]
+
+    def delete(self, flows: Iterable[Flow]) -> int:
+        doomed = list(flows)
+        self.flows = [f for f in self.flows if f not in doomed]
+        return len(doomed)
+
+
+def company(alice_groups: frozenset[str] = frozenset({"finance"})) -> Snapshot:
+    snap = world(
+        [
+            pol("fin-web", 10, "group:finance", "web", "allow"),
+            pol("it-ssh", 20, "group:it", "ssh", "allow"),
+            pol("alice-ssh", 30, "user:alice", "ssh", "allow"),
+        ]
+    )
+    return replace(snap, users={**snap.users, "alice": User("alice", groups=alice_groups)})
+
+
+def test_fast_path_applies_exactly_one_element() -> None:
+    fw = FakeFirewall()
+    rec = Reconciler(fw, Clock())
+    rec.full_sync(company())
+    assert rec.set_mapping(A("198.18.10.50"), "bob", NOW + timedelta(minutes=5))
+    plan = fw.plans[-1]
+    assert not plan.prelude and not plan.bulk
+    assert [type(op) for op in plan.main] == [AddElements] and len(plan.main[0].elements) == 1  # type: ignore[union-attr]
+    assert fw.evaluate("x", "198.18.10.50", WEB, 6, 80) == "accept"  # bob is in finance
+    assert diff(render(rec.desired), fw.read(), NOW).is_empty  # type: ignore[arg-type]
+
+
+def test_fast_path_declines_when_no_class_or_no_state() -> None:
+    rec = Reconciler(FakeFirewall(), Clock())
+    assert not rec.set_mapping(ALICE, "alice", NOW + timedelta(minutes=5))  # no full sync yet
+    rec.full_sync(company())
+    assert not rec.set_mapping(ALICE, "stranger", NOW + timedelta(minutes=5))  # needs a full sync
+
+
+def test_failed_apply_marks_dirty_and_the_next_full_sync_repairs() -> None:
+    fw = FakeFirewall()
+    rec = Reconciler(fw, Clock())
+    rec.full_sync(company())
+    fw.fail_next()
+    with pytest.raises(FirewallError):
+        rec.set_mapping(A("198.18.10.50"), "bob", NOW + timedelta(minutes=5))
+    assert rec.dirty
+    assert not rec.set_mapping(A("198.18.10.51"), "bob", NOW + timedelta(minutes=5))
+    rec.full_sync(company())
+    assert not rec.dirty and diff(render(rec.desired), fw.read(), NOW).is_empty  # type: ignore[arg-type]
+
+
+def test_group_removal_cuts_only_the_forbidden_flow_of_that_user() -> None:
+    flows = Flows([Flow(ALICE, WEB, 6, 443), Flow(ALICE, SSH, 6, 22), Flow(BOB, SSH, 6, 22)])
+    rec = Reconciler(FakeFirewall(), Clock(), flows)
+    rec.full_sync(company())
+    flows.queries.clear()
+    report = rec.full_sync(company(alice_groups=frozenset()))
+    assert report.flows_cut == 1
+    assert flows.flows == [Flow(ALICE, SSH, 6, 22), Flow(BOB, SSH, 6, 22)]
+    assert flows.queries == [[ALICE]]  # only alice's flows were examined
+
+
+def test_restart_with_kernel_in_step_touches_no_flow() -> None:
+    fw = FakeFirewall()
+    flows = Flows([Flow(ALICE, WEB, 6, 443)])
+    Reconciler(fw, Clock(), flows).full_sync(company())
+    flows.queries.clear()
+    report = Reconciler(fw, Clock(), flows).full_sync(company())  # a new process: same desired state
+    assert report.plan.is_empty and not report.applied
+    assert flows.queries == []
+
+
+def test_flows_to_the_gateway_itself_are_never_cut() -> None:
+    gw = A("198.18.10.1")
+    flows = Flows([Flow(ALICE, gw, 6, 22), Flow(ALICE, WEB, 6, 443)])
+    rec = Reconciler(FakeFirewall(), Clock(), flows, local_addresses=lambda: {gw})
+    rec.full_sync(company())
+    assert rec.remove_mapping(ALICE)
+    assert flows.flows == [Flow(ALICE, gw, 6, 22)]
+
+
+def test_affected_sources() -> None:
+    base = company()
+    before = render(compile_state(base, NOW))
+    actual = actual_of(before)
+    # a policy now grants less: the class's users are affected, nobody else
+    narrower = replace(base, policies=tuple(p for p in base.policies if p.name != "alice-ssh"))
+    desired = compile_state(narrower, NOW)
+    assert affected_sources(diff(render(desired), actual, NOW), desired) == {ALICE}
+    # the infrastructure shrinks: everyone
+    infra = replace(
+        base,
+        gateway=GatewaySettings(
+            infrastructure=(
+                Application("dc", (AddressRange.parse("198.18.20.53"),), (Service.parse("udp/53"),)),
+            )
+        ),
+    )
+    with_infra = render(compile_state(infra, NOW))
+    desired = compile_state(base, NOW)
+    assert affected_sources(diff(render(desired), actual_of(with_infra), NOW), desired) is EVERYONE
