@@ -4,13 +4,14 @@ zero forbidden ones let through, and the table is never flushed."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.scenario.cli_helpers import start_enforcer, userseg, write_config
 from tests.scenario.world import ALICE, FIN, HR
-from userseg.lab import ContinuousTraffic, Lab
+from userseg.lab import ContinuousTraffic, Lab, probe_tcp
 
 pytestmark = pytest.mark.netns
 
@@ -41,3 +42,24 @@ def test_restart_under_traffic_drops_nothing(lab: Lab, tmp_path: Path) -> None:
     assert allowed.attempts > 300
     assert allowed.refused == 0 and allowed.timeout == 0, allowed.failures[:5]
     assert forbidden.open == 0 and forbidden.refused == forbidden.attempts
+
+
+def test_enforcer_repairs_drift_within_the_resync_interval(lab: Lab, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, lab)  # resync_interval = 2 s
+    userseg(cfg, "db", "upgrade")
+    userseg(cfg, "directory", "import", str(tmp_path / "directory.json"))
+    userseg(cfg, "map", "add", "alice", ALICE, "--no-apply")
+    enforcer = start_enforcer(cfg)
+    try:
+        assert probe_tcp(lab, "c1", ALICE, FIN, 443) == "open"
+        lab.run("gateway", ["nft", "delete", "table", "inet", "userseg"])  # e.g. `nft flush ruleset`
+        assert probe_tcp(lab, "c1", ALICE, HR, 443) == "open"  # nothing enforced any more
+        deadline = time.monotonic() + 2 + 5  # resync interval plus slack
+        while time.monotonic() < deadline and probe_tcp(lab, "c1", ALICE, HR, 443) == "open":
+            time.sleep(0.1)  # polling the dataplane with a deadline, not synchronising
+        assert probe_tcp(lab, "c1", ALICE, HR, 443) == "refused"
+        assert probe_tcp(lab, "c1", ALICE, FIN, 443) == "open"
+    finally:
+        enforcer.kill()
+        enforcer.wait(10)
+        lab.run("gateway", ["nft", "delete", "table", "inet", "userseg"], check=False)
