@@ -3,23 +3,30 @@
 #   bash run.sh demo   - install everything, build the namespace lab and show enforcement
 #   bash run.sh test   - install everything and run the whole test suite
 #   bash run.sh setup  - only install (system packages + .venv)
+#   bash run.sh bench  - install, then run the benchmarks in bench/ (prints their figures)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc nftables libnftables1 iproute2 conntrack curl procps)
 
-setup() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "run.sh: run as root (network namespaces and nftables need it)" >&2; exit 2
-  fi
+BENCH_PACKAGES=(hping3)
+
+apt_install() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
+}
+
+setup() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "run.sh: run as root (network namespaces and nftables need it)" >&2; exit 2
+  fi
+  apt_install "${APT_PACKAGES[@]}"
   local py=python3
   if [ ! -x .venv/bin/python ]; then "$py" -m venv .venv; fi
   if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
@@ -33,5 +40,10 @@ case "${1:-}" in
   setup) setup ;;
   demo) setup; shift; exec .venv/bin/python -m userseg.lab.demo "$@" ;;
   test) setup; shift; exec .venv/bin/python -m pytest -q "$@" ;;
-  *) echo "usage: bash run.sh demo|test|setup" >&2; exit 2 ;;
+  bench)
+    setup; apt_install "${BENCH_PACKAGES[@]}"
+    .venv/bin/python -m bench.bench_reconcile
+    .venv/bin/python -m bench.bench_packet_path
+    ;;
+  *) echo "usage: bash run.sh demo|test|setup|bench" >&2; exit 2 ;;
 esac

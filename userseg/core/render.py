@@ -71,17 +71,20 @@ def _class_objects(
     elements: dict[str, frozenset[object]] = {}
     rules: list[Rule] = []
     gw = desired.gateway
-    log_staged = cls.has_staged_rules and gw.log_group is not None
-    if log_staged:
-        assert gw.log_group is not None
+    # Only non-empty sets are created: the kernel keeps a table's sets in a list, so
+    # every set costs at load time, and most classes have no IPv6 or staged boxes.
+    if cls.has_staged_rules and gw.log_group is not None:
         for v, boxes in _split(cls.staged).items():
-            name = stage_set(cls.name, v)
-            sets[name] = SetSpec(name, DEST_KIND[v])
-            elements[name] = boxes
-            rules.append(
-                LogIfDestIn(v, name, f"userseg:stage {cls.name} ", gw.log_group, gw.log_rate_per_second)
-            )
+            if boxes:
+                name = stage_set(cls.name, v)
+                sets[name] = SetSpec(name, DEST_KIND[v])
+                elements[name] = boxes
+                rules.append(
+                    LogIfDestIn(v, name, f"userseg:stage {cls.name} ", gw.log_group, gw.log_rate_per_second)
+                )
     for v, boxes in _split(cls.boxes).items():
+        if not boxes:
+            continue
         name = class_set(cls.name, v)
         sets[name] = SetSpec(name, DEST_KIND[v])
         elements[name] = boxes
