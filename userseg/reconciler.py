@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -50,6 +52,24 @@ class _Mirror:
     elements: dict[IPAddress, MapElement] = field(default_factory=dict)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a full sync builds its state.
+
+    Compiling 250k mappings allocates ~1M small acyclic objects; every allocation
+    burst triggers generation scans over the whole heap (the snapshot included),
+    which measured as 40% of the compute time.  Nothing built here is cyclic
+    garbage, so pausing loses nothing; the collector resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class Reconciler:
     def __init__(
         self,
@@ -78,9 +98,10 @@ class Reconciler:
         with self._lock:
             start = perf_counter()
             now = self._clock.now()
-            desired = compile_state(snapshot, now)  # CompileError: nothing is touched
-            spec = render(desired)
-            plan = diff(spec, self._fw.read(), now)
+            with gc_paused():
+                desired = compile_state(snapshot, now)  # CompileError: nothing is touched
+                spec = render(desired)
+                plan = diff(spec, self._fw.read(), now)
             if not plan.is_empty:
                 try:
                     self._fw.apply(plan)
