@@ -14,7 +14,7 @@ import resource
 import statistics
 import subprocess
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from time import perf_counter
 
 from bench.world import NOW, client_ip, world
@@ -22,12 +22,14 @@ from userseg.adapters.firewall.nft import NftFirewall
 from userseg.core.compile import compile_state
 from userseg.core.diff import diff
 from userseg.core.render import render
-from userseg.reconciler import Reconciler
+from userseg.reconciler import Reconciler, gc_paused
 
 
-class FixedClock:
-    def now(self):  # type: ignore[no-untyped-def]
-        return NOW
+class WallClock:
+    """The real time: the kernel counts element timeouts from the moment of the apply."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
 def peak_rss_mb() -> float:
@@ -40,11 +42,13 @@ def full(ns: str, mappings: int, classes: int, apps: int, users: int) -> None:
     base = peak_rss_mb()
     fw = NftFirewall(netns=ns)
     t0 = perf_counter()
-    desired = compile_state(snap, NOW)
-    t1 = perf_counter()
-    spec = render(desired)
-    actual = fw.read()
-    plan = diff(spec, actual, NOW)
+    now = WallClock().now()
+    with gc_paused():  # as Reconciler.full_sync does
+        desired = compile_state(snap, now)
+        t1 = perf_counter()
+        spec = render(desired)
+        actual = fw.read()
+        plan = diff(spec, actual, now)
     t2 = perf_counter()
     fw.apply(plan)
     t3 = perf_counter()
@@ -58,7 +62,7 @@ def full(ns: str, mappings: int, classes: int, apps: int, users: int) -> None:
     )
     print(f"  peak RSS {peak_rss_mb():.0f} MB (world snapshot alone: {base:.0f} MB)")
     t4 = perf_counter()
-    again = diff(spec, fw.read(), NOW)
+    again = diff(spec, fw.read(), WallClock().now())
     print(f"  re-read + diff afterwards: {perf_counter() - t4:.2f} s, plan empty: {again.is_empty}")
     fw.close()
 
@@ -66,7 +70,7 @@ def full(ns: str, mappings: int, classes: int, apps: int, users: int) -> None:
 def incremental(ns: str, loaded: int, samples: int) -> None:
     snap = world(users=loaded, mappings=loaded, classes=100, apps=100)
     fw = NftFirewall(netns=ns)
-    rec = Reconciler(fw, FixedClock())
+    rec = Reconciler(fw, WallClock())
     rec.full_sync(snap)
     lat = []
     exp = NOW + timedelta(minutes=45)

@@ -24,7 +24,9 @@ from userseg.model import (
     User,
 )
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+# The real time, not a fixed date: the kernel counts element timeouts from the
+# moment of the apply, and reading back compares against the wall clock.
+NOW = datetime.now(UTC).replace(microsecond=0)
 V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 V4_CLIENTS = 120_000  # below the /15's 131,072 addresses, leaving room for servers
 V6_BASE = int(ipaddress.IPv6Address("2001:db8:10::"))

@@ -14,9 +14,10 @@ return, gives expiries in milliseconds, and lets us check the snapshot:
   elements and misses others: a key seen twice, or fewer distinct keys than
   the set's element count, means "read again".
 
-Only reading lives here; writes go through libnftables (nft.py), whose JSON is
-the documented interface.  nft_parse.py decodes the same table from JSON and
-the tests check that both readers agree.
+Reading lives here; structural writes go through libnftables (nft.py), whose
+JSON is the documented interface, and bulk element loads through
+nft_elements.py, which shares this module's message helpers.  nft_parse.py
+decodes the same table from JSON and the tests check that both readers agree.
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ class NfTablesReader:
 
     # ------------------------------------------------------------ protocol
 
-    def _request(self, msg: int, attrs: list[tuple[int, bytes]], dump: bool) -> tuple[list[bytes], bool]:
+    def _request(
+        self, msg: int, attrs: list[tuple[int, bytes]], dump: bool, stamps: list[float] | None = None
+    ) -> tuple[list[bytes], bool]:
         """Send one request; return the payloads (after nfgenmsg) and whether a dump was interrupted.
 
         Replies are matched by sequence number, so leftovers of a request that
@@ -174,6 +177,7 @@ class NfTablesReader:
         view = memoryview(self._buf)
         while True:
             n = self._sock.recv_into(view)
+            received = time.monotonic()
             off = 0
             while off + _HDR.size <= n:
                 length, mtype, mflags, mseq, _pid = _HDR.unpack_from(self._buf, off)
@@ -188,6 +192,8 @@ class NfTablesReader:
                         error = -struct.unpack_from("=i", self._buf, off + _HDR.size)[0]
                         return self._finish(out, interrupted, error, msg)
                     out.append(bytes(self._buf[off + _HDR.size + 4 : off + length]))
+                    if stamps is not None:
+                        stamps.append(received)
                     if not dump:
                         return self._finish(out, interrupted, error, msg)
                 off += (length + 3) & ~3
@@ -236,15 +242,20 @@ class NfTablesReader:
             sets[spec.name] = spec
             if decode_as is None:
                 continue
+            # Each message is stamped when it arrives: a 250k-element dump takes
+            # seconds, and a remaining timeout means "from the moment it was dumped".
             t0 = time.monotonic()
             wall = clock()
-            msgs, intr = self._request(_GETSETELEM, [(1, name), (2, spec.name.encode() + b"\0")], dump=True)
-            mid = wall + timedelta(seconds=(time.monotonic() - t0) / 2)
+            stamps: list[float] = []
+            msgs, intr = self._request(
+                _GETSETELEM, [(1, name), (2, spec.name.encode() + b"\0")], dump=True, stamps=stamps
+            )
+            times = [wall + timedelta(seconds=t - t0) for t in stamps]
             if intr:
                 raise _Retry(f"dump of set {spec.name} interrupted")
             expected = _BE32.unpack(a[20])[0] if 20 in a else None  # NFTA_SET_COUNT, kernel >= 6.16
             try:
-                elements[spec.name] = _decode_elements(decode_as, msgs, mid, expected)
+                elements[spec.name] = _decode_elements(decode_as, msgs, times, expected)
             except _Unrecognised as exc:
                 sets[spec.name] = ForeignSetSpec(spec.name, decode_as, f"unrecognised element: {exc}")
         if intr1 or intr2 or intr3 or self.generation() != gen:
@@ -278,11 +289,16 @@ def _classify(a: dict[int, bytes]) -> tuple[SetSpec, SetKind | None]:
 
 
 def _decode_elements(
-    kind: SetKind, msgs: list[bytes], read_time: datetime, expected: int | None
+    kind: SetKind, msgs: list[bytes], read_times: list[datetime], expected: int | None
 ) -> frozenset[object]:
-    raw = [elem for payload in msgs if 3 in (a := _attrs(payload)) for elem in _attr_list(a[3])]
     if kind.is_map:
-        return _decode_map(kind, raw, read_time, expected)
+        groups = [
+            ([elem for elem in _attr_list(a[3])], at)
+            for payload, at in zip(msgs, read_times, strict=True)
+            if 3 in (a := _attrs(payload))
+        ]
+        return _decode_map(kind, groups, expected)
+    raw = [elem for payload in msgs if 3 in (a := _attrs(payload)) for elem in _attr_list(a[3])]
     if kind in (SetKind.NET4, SetKind.NET6):
         return _decode_intervals(kind, raw)
     out: set[object] = set()
@@ -349,7 +365,7 @@ def _decode_intervals(kind: SetKind, raw: list[bytes]) -> frozenset[object]:
 
 
 def _decode_map(
-    kind: SetKind, raw: list[bytes], read_time: datetime, expected: int | None
+    kind: SetKind, groups: list[tuple[list[bytes], datetime]], expected: int | None
 ) -> frozenset[object]:
     """Verdict-map elements; the hot loop of a 250k read, hence hand-unrolled.
 
@@ -362,35 +378,37 @@ def _decode_map(
     out: dict[int, MapElement] = {}
     duplicates = 0
     unpack_nla, unpack_be64, from_bytes = _NLA.unpack_from, _BE64.unpack_from, int.from_bytes
-    for elem in raw:
-        addr = -1
-        data = b""
-        ms = -1
-        off, end = 0, len(elem)
-        while off + 4 <= end:
-            length, attr = unpack_nla(elem, off)
-            attr &= 0x3FFF
-            if attr == 1 and length == 8 + alen:  # KEY { VALUE }
-                addr = from_bytes(elem[off + 8 : off + 8 + alen], "big")
-            elif attr == 2:  # DATA { VERDICT { CODE, CHAIN } }
-                data = elem[off + 4 : off + length]
-            elif attr == 5 or (attr == 4 and ms < 0):  # EXPIRATION wins over TIMEOUT
-                ms = unpack_be64(elem, off + 4)[0]
-            if length < 4:
-                break
-            off += (length + 3) & ~3
-        if addr < 0 or not data:
-            raise _Unrecognised("map element without key or verdict (catch-all?)")
-        target = targets.get(data)
-        if target is None:
-            target = targets[data] = _verdict_target(data)
-        if ms < 0:
-            at = NO_EXPIRY
-        else:
-            at = expiry.get(ms) or expiry.setdefault(ms, read_time + timedelta(milliseconds=ms))
-        if addr in out:
-            duplicates += 1
-        out[addr] = MapElement(addr, target, at)
+    for raw, read_time in groups:
+        expiry.clear()  # expiries are cached per message: each has its own read time
+        for elem in raw:
+            addr = -1
+            data = b""
+            ms = -1
+            off, end = 0, len(elem)
+            while off + 4 <= end:
+                length, attr = unpack_nla(elem, off)
+                attr &= 0x3FFF
+                if attr == 1 and length == 8 + alen:  # KEY { VALUE }
+                    addr = from_bytes(elem[off + 8 : off + 8 + alen], "big")
+                elif attr == 2:  # DATA { VERDICT { CODE, CHAIN } }
+                    data = elem[off + 4 : off + length]
+                elif attr == 5 or (attr == 4 and ms < 0):  # EXPIRATION wins over TIMEOUT
+                    ms = unpack_be64(elem, off + 4)[0]
+                if length < 4:
+                    break
+                off += (length + 3) & ~3
+            if addr < 0 or not data:
+                raise _Unrecognised("map element without key or verdict (catch-all?)")
+            target = targets.get(data)
+            if target is None:
+                target = targets[data] = _verdict_target(data)
+            if ms < 0:
+                at = NO_EXPIRY
+            else:
+                at = expiry.get(ms) or expiry.setdefault(ms, read_time + timedelta(milliseconds=ms))
+            if addr in out:
+                duplicates += 1
+            out[addr] = MapElement(addr, target, at)
     _check_count(kind, len(out), len(out) + duplicates, expected)
     return frozenset(out.values())
 
