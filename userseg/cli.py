@@ -28,6 +28,7 @@ from userseg.model import IPAddress, Mapping, ModelError, Proto, User, canonical
 from userseg.ports import FirewallError
 from userseg.runtime import Runtime, open_runtime, reconcile_lock
 from userseg.store import StoreError
+from userseg.store.codec import mapping_doc
 
 
 class UsageError(Exception):
@@ -168,7 +169,7 @@ def cmd_mappings(rt: Runtime, args: argparse.Namespace) -> int:
     addr = _ip_arg(args.ip) if args.ip else None
     rows = rt.store.mappings(user=user, ip=addr, active_at=rt.clock.now())
     if args.json:
-        out.emit_json([out.mapping_json(m) for m in rows])
+        out.emit_json([mapping_doc(m) for m in rows])
         return 0
     print(
         out.table(

@@ -21,7 +21,6 @@ from userseg.core.table import (
     Plan,
     SetRules,
 )
-from userseg.model import Mapping
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -41,18 +40,6 @@ def _cell(value: object) -> str:
 def emit_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
-
-
-def mapping_json(m: Mapping) -> dict[str, Any]:
-    return {
-        "ip": str(m.ip),
-        "user": m.user,
-        "source": m.source,
-        "first_seen": m.first_seen.isoformat(),
-        "last_seen": m.last_seen.isoformat(),
-        "expires_at": m.expires_at.isoformat(),
-        "provenance": dict(m.provenance),
-    }
 
 
 def describe_op(op: Op) -> str:
