@@ -104,3 +104,25 @@ def test_bad_config_is_rejected_with_every_error_and_nothing_reaches_the_kernel(
     assert proc.returncode == 2
     assert "policy 'ghost' refers to application 'no-such-app'" in proc.stderr
     assert _table(lab) == before
+
+
+def test_corrupt_store_row_is_named_and_nothing_reaches_the_kernel(lab: Lab, cfg: Path) -> None:
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from userseg.model import AddressRange, Application, Service
+    from userseg.store import Store
+
+    userseg(cfg, "map", "add", "alice", ALICE)
+    store = Store(f"sqlite:///{cfg.parent}/userseg.db")
+    app = Application("wiki", (AddressRange.parse("198.18.20.30"),), (Service.parse("tcp/443"),))
+    store.put_application(app, actor="test", now=datetime.now(UTC))
+    store.close()
+    before = _table(lab)
+    with sqlite3.connect(cfg.parent / "userseg.db") as db:
+        db.execute("UPDATE applications SET destinations = ? WHERE name = 'wiki'", ('["198.18.20.300"]',))
+    proc = userseg(cfg, "reconcile", check=False)
+    assert proc.returncode == 2
+    assert "applications" in proc.stderr and "wiki" in proc.stderr and "198.18.20.300" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _table(lab) == before
