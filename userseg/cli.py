@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -116,8 +117,6 @@ def cmd_enforce(rt: Runtime, args: argparse.Namespace) -> int:
     interval = rt.config.resync_interval
     seen = -1
     next_full = 0.0
-    import time
-
     while not stop.is_set():
         gen = rt.store.generation()
         now = time.monotonic()

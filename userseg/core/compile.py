@@ -121,15 +121,6 @@ class PolicyIndex:
         return (UNKNOWN_MARK, *names) if user is None else names
 
 
-def applicable_policies(policies: Iterable[Policy], user: User | None) -> tuple[Policy, ...]:
-    """Enabled policies whose subjects cover this user (None = an unmapped IP), in order."""
-    return PolicyIndex(policies).applicable(user)
-
-
-def class_key(policies: Iterable[Policy], user: User | None) -> tuple[str, ...]:
-    return PolicyIndex(policies).key(user)
-
-
 def _region(rules: Iterable[tuple[Action, list[Box]]], default: Action) -> space.Region:
     """Region where the first matching rule's action is not the default."""
     decided: space.Region = []

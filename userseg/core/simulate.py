@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from userseg.core.compile import DesiredState, class_key, class_name
+from userseg.core.compile import DesiredState, PolicyIndex, check_references, class_name
 from userseg.core.space import contains
 from userseg.model import (
     Action,
@@ -88,8 +88,6 @@ def simulate(
     port: int | None,
     now: datetime,
 ) -> SimulationResult:
-    from userseg.core.compile import applicable_policies, check_references
-
     ordered = snapshot.ordered_policies()
     check_references(ordered, snapshot.applications)
     user, ip, who_text = resolve(snapshot, who, now)
@@ -107,8 +105,9 @@ def simulate(
                 None,
             )
 
-    applicable = applicable_policies(ordered, user)
-    cname = class_name(class_key(ordered, user))
+    index = PolicyIndex(ordered)
+    applicable = index.applicable(user)
+    cname = class_name(index.key(user))
     enforced = tuple(p for p in applicable if p.mode is Mode.ENFORCE)
     decided = _first_match(enforced, snapshot, dest, proto, port)
     would = _first_match(applicable, snapshot, dest, proto, port)
