@@ -126,3 +126,15 @@ def test_corrupt_store_row_is_named_and_nothing_reaches_the_kernel(lab: Lab, cfg
     assert "applications" in proc.stderr and "wiki" in proc.stderr and "198.18.20.300" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert _table(lab) == before
+
+
+def test_access_expires_in_the_kernel_with_no_daemon_running(lab: Lab, cfg: Path) -> None:
+    """The dead-man switch: the map element's own timeout ends access, nothing else runs."""
+    import time
+
+    userseg(cfg, "map", "add", "bob", BOB, "--ttl", "2")
+    assert probe_tcp(lab, "c1", BOB, HR, 80) == "open"
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and probe_tcp(lab, "c1", BOB, HR, 80) == "open":
+        time.sleep(0.2)  # polling the dataplane with a deadline
+    assert probe_tcp(lab, "c1", BOB, HR, 80) == "refused"
