@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import re
 import signal
 import sys
 import threading
@@ -37,26 +36,36 @@ class UsageError(Exception):
 
 
 def parse_destination(text: str) -> tuple[IPAddress, Proto, int | None]:
-    """DEST[:PORT][/PROTO], IPv6 as [addr]:port; tcp when no protocol is given."""
-    m = re.fullmatch(
-        r"(?:\[(?P<v6>[^\]]+)\]|(?P<addr>[^:/\[\]]+|[0-9a-fA-F:]+?))(?::(?P<port>\d+))?(?:/(?P<proto>\w+))?",
-        text.strip(),
-    )
-    if not m:
-        raise UsageError(f"bad destination {text!r} (expected ADDR[:PORT][/tcp|udp|icmp])")
-    addr_text = m.group("v6") or m.group("addr")
-    if m.group("v6") is None and addr_text.count(":") > 1 and m.group("port"):
-        raise UsageError(f"bad destination {text!r}: write IPv6 with a port as [ADDR]:PORT")
+    """DEST[:PORT][/PROTO], IPv6 with a port as [ADDR]:PORT; tcp when no protocol is given."""
+    rest = text.strip()
+    proto_text = "tcp"
+    if "/" in rest:
+        rest, _, proto_text = rest.rpartition("/")
+    port_text = ""
+    if rest.startswith("["):
+        addr_text, sep, tail = rest[1:].partition("]")
+        if not sep or (tail and not tail.startswith(":")):
+            raise UsageError(f"bad destination {text!r} (expected [IPV6]:PORT)")
+        port_text = tail[1:]
+    elif rest.count(":") == 1:
+        addr_text, _, port_text = rest.partition(":")
+    else:
+        addr_text = rest  # IPv4 without a port, or bare IPv6
     try:
         dest = ip(addr_text)
-        proto = Proto((m.group("proto") or "tcp").lower())
+        proto = Proto(proto_text.lower())
     except (ModelError, ValueError) as exc:
+        if addr_text.count(":") > 1 and not rest.startswith("["):
+            raise UsageError(f"bad destination {text!r}: write IPv6 with a port as [ADDR]:PORT") from None
         raise UsageError(f"bad destination {text!r}: {exc}") from None
-    port = int(m.group("port")) if m.group("port") else None
+    if port_text and not port_text.isdigit():
+        raise UsageError(f"bad destination {text!r}: port {port_text!r} is not a number")
+    port = int(port_text) if port_text else None
     if port is not None and not 0 <= port <= 65535:
         raise UsageError(f"bad destination {text!r}: port must be 0-65535")
     if proto is not Proto.ICMP and port is None:
-        raise UsageError(f"destination {text!r} needs a port for {proto.value}")
+        hint = " (write IPv6 with a port as [ADDR]:PORT)" if dest.version == 6 else ""
+        raise UsageError(f"destination {text!r} needs a port for {proto.value}{hint}")
     return dest, proto, port
 
 
