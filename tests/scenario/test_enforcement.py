@@ -91,3 +91,15 @@ def test_other_tables_and_hooks_are_untouched(lab: Lab, gateway: Gateway) -> Non
         assert probe_tcp(lab, "c1", BOB, HR, 80) == "open"
     finally:
         lab.run("gateway", ["nft", "delete", "table", "inet", "bystander"], check=False)
+
+
+def test_drop_mode_times_out_instead_of_refusing(lab: Lab, gateway: Gateway) -> None:
+    from dataclasses import replace
+
+    from userseg.model import DenyMode
+
+    snap = snapshot(lab, gateway.clock.now(), alice=ALICE)
+    snap = replace(snap, gateway=replace(snap.gateway, deny_mode=DenyMode.DROP))
+    gateway.reconciler.full_sync(snap)
+    assert probe_tcp(lab, "c1", ALICE, FIN, 443) == "open"
+    assert probe_tcp(lab, "c1", ALICE, FIN, 8443, timeout=0.5) == "timeout"  # listening, but dropped
