@@ -14,7 +14,7 @@ import pytest
 
 from tests.lab_fixtures import MakeLab
 from userseg.lab import ClientSpec, Lab, LabCommandError, LabError, LabSpec, ServerSpec, probe_tcp, probe_udp
-from userseg.lab.topology import REGISTRY_DIR
+from userseg.lab.registry import REGISTRY_DIR
 from userseg.netns import NETNS_RUN_DIR
 
 pytestmark = pytest.mark.netns

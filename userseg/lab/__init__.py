@@ -4,6 +4,7 @@ Needs root (network namespaces); everything lives in namespaces the lab creates 
 deletes, with addresses only from 198.18.0.0/15 and 2001:db8::/32.
 """
 
+from userseg.lab.flows import LongConnection
 from userseg.lab.servers import Listener, ListenerError
 from userseg.lab.topology import (
     ClientHost,
@@ -17,7 +18,6 @@ from userseg.lab.topology import (
 )
 from userseg.lab.traffic import (
     ContinuousTraffic,
-    LongConnection,
     Probe,
     Result,
     Target,

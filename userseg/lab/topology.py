@@ -22,36 +22,32 @@ caller's namespace; every namespace is deleted on ``close()``, when the build
 fails half-way, at interpreter exit (atexit) and on SIGTERM/SIGHUP. A registry
 file per run in /run/userseg-lab names the owner process, so
 ``Lab.cleanup_stale()`` deletes only namespaces of runs whose owner is dead.
+The registry and the last-resort teardown live in registry.py, which needs
+nothing of the layout; this module plans, builds, uses and closes one lab.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
 import ipaddress
-import json
-import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
+from userseg.lab import registry
+from userseg.lab.registry import delete_namespaces, ip_batch
 from userseg.lab.servers import Listener, ListenerError
-from userseg.netns import NETNS_RUN_DIR, NetnsWorker
+from userseg.netns import NetnsWorker
 
 LAB_NET4 = ipaddress.IPv4Network("198.18.0.0/15")
 LAB_NET6 = ipaddress.IPv6Network("2001:db8::/32")
-REGISTRY_DIR = "/run/userseg-lab"
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _Nets = tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -169,36 +165,10 @@ def _plan(
     return clients, servers
 
 
-def _start_time(pid: int) -> int | None:
-    """Process start time in clock ticks; with the pid it identifies a process despite pid reuse."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _ip_batch(ns: str | None, lines: Sequence[str], force: bool = False) -> subprocess.Popen[str]:
-    """Start one `ip -batch` for many commands: one process instead of dozens keeps builds fast."""
-    argv = ["ip", *(["-n", ns] if ns else []), *(["-force"] if force else []), "-batch", "-"]
-    with tempfile.TemporaryFile("w+") as script:  # a file, not a pipe: any size, no deadlock
-        script.write("\n".join(lines) + "\n")
-        script.seek(0)
-        return subprocess.Popen(argv, stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def _finish(proc: subprocess.Popen[str], what: str) -> None:
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise LabError(f"{what} failed (exit {proc.returncode}): {err.strip()}")
-
-
-def _delete_namespaces(names: Sequence[str]) -> list[str]:
-    """Delete those of the namespaces that exist; returns the ones still there afterwards."""
-    exists = [n for n in names if os.path.exists(os.path.join(NETNS_RUN_DIR, n))]
-    if exists:
-        _ip_batch(None, [f"netns del {n}" for n in exists], force=True).communicate()
-    return [n for n in exists if os.path.exists(os.path.join(NETNS_RUN_DIR, n))]
 
 
 class Lab:
@@ -229,7 +199,7 @@ class Lab:
         self._listeners: dict[str, Listener] = {}
         self._closers: list[Callable[[], None]] = []
         self._closed = False
-        _track(self)
+        registry.track(self)
         try:
             self._build(nets, hosts)
         except BaseException:
@@ -238,12 +208,8 @@ class Lab:
         self.build_seconds = time.monotonic() - started
 
     def _build(self, nets: dict[str, _Nets], hosts: Sequence[ClientHost | ServerHost]) -> None:
-        os.makedirs(REGISTRY_DIR, mode=0o755, exist_ok=True)
-        with open(self._registry_path(), "w") as fh:  # first, so a crash from here on is cleanable
-            json.dump(
-                {"pid": os.getpid(), "start": _start_time(os.getpid()), "namespaces": self.namespaces}, fh
-            )
-        _finish(_ip_batch(None, [f"netns add {ns}" for ns in self.namespaces]), "creating namespaces")
+        registry.register(self.run_id, self.namespaces)  # first, so a crash from here on is cleanable
+        _finish(ip_batch(None, [f"netns add {ns}" for ns in self.namespaces]), "creating namespaces")
         v6 = self.spec.ipv6
         # all sysctls first: veth peers are born in the hosts' namespaces and inherit "default"
         nodad = {"ipv6/conf/default/accept_dad": "0", "ipv6/conf/all/accept_dad": "0"} if v6 else {}
@@ -268,7 +234,7 @@ class Lab:
             gw += [f"link add {port} type veth peer name {host.ifname} netns {host.ns}"]
             gw += [f"link set {port} master {bridge} up"]
         gw += [f"link set {self.client_if} up", f"link set {self.server_if} up"]
-        _finish(_ip_batch(self.gateway_ns, gw), f"building gateway {self.gateway_ns}")
+        _finish(ip_batch(self.gateway_ns, gw), f"building gateway {self.gateway_ns}")
         procs = []
         for host in hosts:
             if isinstance(host, ClientHost):
@@ -279,7 +245,7 @@ class Lab:
             lines += [f"addr add {a}/{net6.prefixlen} dev {host.ifname} nodad" for a in v6s]
             lines += [f"link set {host.ifname} up", f"route add default via {net4[1]}"]
             lines += [f"route add default via {net6[1]}"] if v6s else []
-            procs.append((host.ns, _ip_batch(host.ns, lines)))  # all hosts configure in parallel
+            procs.append((host.ns, ip_batch(host.ns, lines)))  # all hosts configure in parallel
         for ns, proc in procs:
             _finish(proc, f"configuring {ns}")
         self._start_servers([s for s in self.servers.values() if s.tcp_ports or s.udp_ports])
@@ -381,12 +347,11 @@ class Lab:
                     step()
                 except Exception as exc:  # teardown must go on
                     errors.append(exc)
-            if still := _delete_namespaces(self.namespaces):
+            if still := delete_namespaces(self.namespaces):
                 errors.append(LabError(f"could not delete namespaces {still}"))
             else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._registry_path())
-                _LIVE.discard(self)
+                registry.unregister(self.run_id)
+                registry.forget(self)
             if errors:
                 raise errors[0]
 
@@ -398,9 +363,6 @@ class Lab:
     ) -> None:
         self.close()
 
-    def _registry_path(self) -> str:
-        return os.path.join(REGISTRY_DIR, f"{self.run_id}.json")
-
     @staticmethod
     def cleanup_stale(prefix: str = "us") -> list[str]:
         """Delete namespaces left by crashed lab runs with this prefix; returns those deleted.
@@ -409,59 +371,8 @@ class Lab:
         only namespaces matching our naming pattern: a live lab of a parallel test run, or a
         namespace someone else happened to name alike, is never deleted.
         """
-        run_re = re.compile(rf"{re.escape(prefix)}[0-9a-f]{{6}}\.json")
-        deleted: list[str] = []
-        entries = sorted(os.listdir(REGISTRY_DIR)) if os.path.isdir(REGISTRY_DIR) else []
-        for entry in filter(run_re.fullmatch, entries):
-            path, run_id = os.path.join(REGISTRY_DIR, entry), entry.removesuffix(".json")
-            try:
-                with open(path) as fh:
-                    info = json.load(fh)
-                pid, start, names = int(info["pid"]), info.get("start"), list(info["namespaces"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if _start_time(pid) == start and start is not None:
-                continue  # the owner is alive: not stale
-            ns_re = re.compile(rf"{re.escape(run_id)}-(gw|[cs]-{_NAME_RE.pattern})")
-            mine = [n for n in names if isinstance(n, str) and ns_re.fullmatch(n)]
-            present = [n for n in mine if os.path.exists(os.path.join(NETNS_RUN_DIR, n))]
-            still = _delete_namespaces(mine)
-            deleted += [n for n in present if n not in still]
-            if not still:
-                os.unlink(path)
-        return deleted
 
+        def ours(run_id: str, ns: str) -> bool:
+            return re.fullmatch(rf"{re.escape(run_id)}-(gw|[cs]-{_NAME_RE.pattern})", ns) is not None
 
-# -- last-resort cleanup: atexit and SIGTERM/SIGHUP -----------------------------------------------------
-_LIVE: set[Lab] = set()
-_HOOKS = threading.Lock()
-_hooks_installed = False
-
-
-def _close_all() -> None:
-    for lab in list(_LIVE):
-        try:
-            lab.close()
-        except BaseException as exc:  # best effort at exit
-            print(f"userseg lab {lab.run_id}: teardown failed: {exc!r}", file=sys.stderr)
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """Tear labs down, then die of the same signal so the exit status stays truthful."""
-    _close_all()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _track(lab: Lab) -> None:
-    global _hooks_installed
-    _LIVE.add(lab)
-    with _HOOKS:
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-        atexit.register(_close_all)
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                if signal.getsignal(sig) == signal.SIG_DFL:  # never override someone else's handler
-                    signal.signal(sig, _on_signal)
+        return registry.cleanup_stale(prefix, ours)

@@ -245,13 +245,13 @@ def test_a_key_listed_twice_means_a_rehash_raced_the_dump() -> None:
 
 
 def _elem(key: bytes, end: bool = False) -> bytes:
-    from userseg.adapters.firewall.nft_netlink import _nla
+    from userseg.adapters.firewall.nfnetlink import nla as _nla
 
     return _nla(1, _nla(1, key)) + (_nla(3, (1).to_bytes(4, "big")) if end else b"")
 
 
 def test_netlink_intervals_pair_starts_with_exclusive_ends() -> None:
-    from userseg.adapters.firewall.nft_netlink import _decode_intervals
+    from userseg.adapters.firewall.nft_decode import _decode_intervals
 
     def k(text: str) -> bytes:
         return a4(text).to_bytes(4, "big")
@@ -278,7 +278,7 @@ def test_netlink_intervals_pair_starts_with_exclusive_ends() -> None:
 
 
 def test_netlink_rule_comment_is_read_from_userdata() -> None:
-    from userseg.adapters.firewall.nft_netlink import _comment
+    from userseg.adapters.firewall.nft_decode import _comment
 
     assert _comment(b"\x00\x05us:x\x00") == "us:x"
     assert _comment(b"\x07\x02ab\x00\x03xy\x00") == "xy"

@@ -40,7 +40,7 @@ from itertools import accumulate, repeat
 from operator import floordiv, itemgetter, mul, neg, sub
 from typing import NamedTuple, cast
 
-from userseg.adapters.firewall.nft_netlink import _HDR, _NLA, NETLINK_NETFILTER, NFPROTO_INET, _attrs, _nla
+from userseg.adapters.firewall.nfnetlink import HDR, NETLINK_NETFILTER, NFPROTO_INET, NLA, attrs, nla
 from userseg.adapters.firewall.nft_render import addr_text
 from userseg.core.table import TABLE_NAME, AddElements, Box, DeleteElements, MapElement, SetKind
 
@@ -74,7 +74,7 @@ _ERRNO = struct.Struct("=i")
 ElementOp = AddElements | DeleteElements
 _SECOND = timedelta(seconds=1)
 _TIMEOUT = struct.Struct(">HHQ")  # a whole TIMEOUT attribute: native header (re-read as >HH), be64 value
-_TIMEOUT_HDR = struct.unpack(">HH", _NLA.pack(_TIMEOUT.size, _ELEM_TIMEOUT))
+_TIMEOUT_HDR = struct.unpack(">HH", NLA.pack(_TIMEOUT.size, _ELEM_TIMEOUT))
 
 
 class _Sent(NamedTuple):
@@ -95,12 +95,12 @@ def _text(raw: bytes) -> str:
 
 
 def _nest(kind: int, payload: bytes) -> bytes:
-    return _nla(kind | _NESTED, payload)
+    return nla(kind | _NESTED, payload)
 
 
 def _value(kind: int, data: bytes) -> bytes:
     """An nft_data attribute (KEY, KEY_END) holding a plain value."""
-    return _nest(kind, _nla(_DATA_VALUE, data))
+    return _nest(kind, nla(_DATA_VALUE, data))
 
 
 # ---------------------------------------------------------------- element encoding
@@ -113,8 +113,8 @@ def _timeout_attrs(expiries: set[datetime], now: datetime) -> dict[datetime, byt
     """
     distinct = list(expiries)
     secs = map(max, map(neg, map(floordiv, map(sub, repeat(now), distinct), repeat(_SECOND))), repeat(1))
-    attrs = map(_TIMEOUT.pack, repeat(_TIMEOUT_HDR[0]), repeat(_TIMEOUT_HDR[1]), map(mul, secs, repeat(1000)))
-    return dict(zip(distinct, attrs, strict=True))
+    blobs = map(_TIMEOUT.pack, repeat(_TIMEOUT_HDR[0]), repeat(_TIMEOUT_HDR[1]), map(mul, secs, repeat(1000)))
+    return dict(zip(distinct, blobs, strict=True))
 
 
 def _map_elements(
@@ -132,19 +132,19 @@ def _map_elements(
         raise TypeError(f"a {kind.value} map holds MapElement elements, not {bad!r}")
     maps = cast("tuple[MapElement, ...]", elements)
     alen = _ADDR_LEN[kind.version or 4]
-    key_hdr = _NLA.pack(8 + alen, _ELEM_KEY | _NESTED) + _NLA.pack(4 + alen, _DATA_VALUE)
+    key_hdr = NLA.pack(8 + alen, _ELEM_KEY | _NESTED) + NLA.pack(4 + alen, _DATA_VALUE)
     try:
         if keys_only:
-            bare = _NLA.pack(4 + len(key_hdr) + alen, _LIST_ELEM | _NESTED) + key_hdr
+            bare = NLA.pack(4 + len(key_hdr) + alen, _LIST_ELEM | _NESTED) + key_hdr
             return [bare + a.to_bytes(alen, "big") for a, _t, _x in maps]
         if now is None:
             raise ValueError("adding map elements needs `now` to turn expiries into timeouts")
         heads: dict[str, tuple[bytes, bytes]] = {}
         for target in set(map(itemgetter(1), maps)):
-            code = _nla(_VERDICT_CODE, _BE32S.pack(_NFT_GOTO)) + _nla(_VERDICT_CHAIN, target.encode() + b"\0")
+            code = nla(_VERDICT_CODE, _BE32S.pack(_NFT_GOTO)) + nla(_VERDICT_CHAIN, target.encode() + b"\0")
             verdict = _nest(_ELEM_DATA, _nest(_DATA_VERDICT, code))
             size = 4 + len(key_hdr) + alen + _TIMEOUT.size + len(verdict)
-            heads[target] = (_NLA.pack(size, _LIST_ELEM | _NESTED) + key_hdr, verdict)
+            heads[target] = (NLA.pack(size, _LIST_ELEM | _NESTED) + key_hdr, verdict)
         timeouts = _timeout_attrs(set(map(itemgetter(2), maps)), now)
         return [(h := heads[t])[0] + a.to_bytes(alen, "big") + timeouts[x] + h[1] for a, t, x in maps]
     except OverflowError:
@@ -198,22 +198,22 @@ def _element_lists(encoded: list[bytes], limit: int = MESSAGE_BYTES) -> Iterator
 
 def describe_element(kind: SetKind, elem: bytes) -> str:
     """A LIST_ELEM payload as text, for error messages (`198.18.0.7 goto c_x`)."""
-    e = _attrs(elem)
-    key = _attrs(e.get(_ELEM_KEY, b"")).get(_DATA_VALUE, b"")
+    e = attrs(elem)
+    key = attrs(e.get(_ELEM_KEY, b"")).get(_DATA_VALUE, b"")
     version = kind.version or 4
     alen = _ADDR_LEN[version]
     if len(key) < alen:
         return "?"
     text = addr_text(version, int.from_bytes(key[:alen], "big"))
     if len(key) >= alen + 8:
-        end = _attrs(e.get(_ELEM_KEY_END, b"")).get(_DATA_VALUE, key)
+        end = attrs(e.get(_ELEM_KEY_END, b"")).get(_DATA_VALUE, key)
         last = addr_text(version, int.from_bytes(end[:alen], "big"))
         port, port_end = (
             int.from_bytes(key[alen + 4 : alen + 6], "big"),
             int.from_bytes(end[alen + 4 : alen + 6], "big"),
         )
         text = f"{text}-{last} . {key[alen]} . {port}-{port_end}"
-    verdict = _attrs(_attrs(e.get(_ELEM_DATA, b"")).get(_DATA_VERDICT, b""))
+    verdict = attrs(attrs(e.get(_ELEM_DATA, b"")).get(_DATA_VERDICT, b""))
     chain = verdict.get(_VERDICT_CHAIN)
     return f"{text} goto {_text(chain)}" if chain else text
 
@@ -264,7 +264,7 @@ class NfTablesWriter:
 
     def _message(self, mtype: int, flags: int, family: int, res_id: int, body: bytes) -> tuple[int, bytes]:
         seq = self._next_seq()
-        head = _HDR.pack(_HDR.size + 4 + len(body), mtype, _F_REQUEST | flags, seq, 0)
+        head = HDR.pack(HDR.size + 4 + len(body), mtype, _F_REQUEST | flags, seq, 0)
         return seq, head + struct.pack("=BBH", family, 0, res_id) + body
 
     # ------------------------------------------------------------ writing
@@ -276,7 +276,7 @@ class NfTablesWriter:
         says which) when nf_tables refused the batch, which it then rolled back
         whole; or when the commit cannot be confirmed (state unknown: re-read).
         """
-        table = _nla(_LIST_TABLE, self.table.encode() + b"\0")
+        table = nla(_LIST_TABLE, self.table.encode() + b"\0")
         res_id = socket.htons(10)  # NFNL_SUBSYS_NFTABLES, big-endian in batch markers
         begin_seq, begin = self._message(_BATCH_BEGIN, 0, socket.AF_UNSPEC, res_id, b"")
         parts = [begin]
@@ -286,9 +286,9 @@ class NfTablesWriter:
         for op in ops:
             add = isinstance(op, AddElements)
             mtype, flags = (_NEWSETELEM, _F_CREATE | _F_EXCL) if add else (_DELSETELEM, 0)
-            prefix = table + _nla(_LIST_SET, op.set_name.encode() + b"\0")
+            prefix = table + nla(_LIST_SET, op.set_name.encode() + b"\0")
             for payload in _element_lists(encode_elements(op, now)):
-                body = prefix + _NLA.pack(4 + len(payload), _LIST_ELEMENTS | _NESTED) + payload
+                body = prefix + NLA.pack(4 + len(payload), _LIST_ELEMENTS | _NESTED) + payload
                 seq, msg = self._message(_SUBSYS | mtype, _F_ACK | flags, self.family, 0, body)
                 parts.append(msg)
                 sent[seq] = _Sent(op.set_name, op.kind, offset, len(msg) - len(payload))
@@ -333,17 +333,17 @@ class NfTablesWriter:
             except OSError as exc:  # ENOBUFS: replies were dropped, the outcome is unknown
                 raise NetlinkWriteError(exc.errno, f"reading nf_tables replies failed: {exc}") from exc
             off = 0
-            while off + _HDR.size <= n:
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(self._buf, off)
-                if length < _HDR.size:
+            while off + HDR.size <= n:
+                length, mtype, _flags, mseq, _pid = HDR.unpack_from(self._buf, off)
+                if length < HDR.size:
                     raise NetlinkWriteError(errno.EBADMSG, "malformed netlink reply from nf_tables")
                 if mtype == _NLMSG_ERROR:
-                    err = -_ERRNO.unpack_from(self._buf, off + _HDR.size)[0]
+                    err = -_ERRNO.unpack_from(self._buf, off + HDR.size)[0]
                     if mseq == sentinel and err:
                         raise NetlinkWriteError(err, f"nf_tables GETGEN failed: {os.strerror(err)}")
                     yield mseq, False, err, bytes(self._buf[off : off + length]) if err else b""
                 elif mseq == sentinel and mtype == _SUBSYS | _NEWGEN:
-                    gen = _attrs(bytes(self._buf[off + _HDR.size + 4 : off + length])).get(1, b"")
+                    gen = attrs(bytes(self._buf[off + HDR.size + 4 : off + length])).get(1, b"")
                     yield mseq, True, int.from_bytes(gen[:4], "big"), b""
                     return
                 off += (length + 3) & ~3
@@ -378,11 +378,11 @@ class NfTablesWriter:
 def _explain(batch: bytes, sent: _Sent | None, err: int, reply: bytes) -> str:
     """strerror, plus the kernel's message and the set and element its offset points at."""
     text = os.strerror(err)
-    _len, _type, flags, _seq, _pid = _HDR.unpack_from(reply)
+    _len, _type, flags, _seq, _pid = HDR.unpack_from(reply)
     tlv: dict[int, bytes] = {}
     if flags & _F_ACK_TLVS:  # after the error code and our header (and its payload unless capped)
-        echoed = _HDR.size if flags & _F_CAPPED else _HDR.unpack_from(reply, _HDR.size + 4)[0]
-        tlv = _attrs(reply, _HDR.size + 4 + echoed)
+        echoed = HDR.size if flags & _F_CAPPED else HDR.unpack_from(reply, HDR.size + 4)[0]
+        tlv = attrs(reply, HDR.size + 4 + echoed)
     if _ERR_MSG in tlv:
         text += f" ({_text(tlv[_ERR_MSG])})"
     if sent is None:
@@ -391,7 +391,7 @@ def _explain(batch: bytes, sent: _Sent | None, err: int, reply: bytes) -> str:
     offset = struct.unpack("=I", tlv[_ERR_OFFS][:4])[0] if _ERR_OFFS in tlv else 0
     at = sent.start + offset
     if offset >= sent.elements_at and at + 4 <= len(batch):  # it points at the failing element
-        length, _t = _NLA.unpack_from(batch, at)
+        length, _t = NLA.unpack_from(batch, at)
         elem = batch[at + 4 : at + length]
         where += f", element {describe_element(sent.kind, elem)}"
     return f"{where}: {text}"
