@@ -16,6 +16,7 @@ from userseg.model import Action, Application, Mapping, Policy, Snapshot, User
 
 if TYPE_CHECKING:
     from userseg.config import Config
+    from userseg.store import Store
 
 
 def merge(
@@ -40,6 +41,6 @@ def merge(
     )
 
 
-def load_snapshot(store: object, config: Config, now: datetime) -> Snapshot:
-    users, mappings, apps, policies, default = store.snapshot_parts(now)  # type: ignore[attr-defined]
+def load_snapshot(store: Store, config: Config, now: datetime) -> Snapshot:
+    users, mappings, apps, policies, default = store.snapshot_parts(now)
     return merge(config, users, mappings, apps, policies, default)
