@@ -9,7 +9,7 @@ generation bump) so an idempotent `userseg apply` does not churn the gateway.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from datetime import datetime
 from typing import Any
@@ -133,6 +133,29 @@ def raw_doc(row: RowMapping, json_columns: tuple[str, ...]) -> Doc:
     return doc
 
 
+def _upsert(
+    conn: Connection,
+    table: Any,
+    columns: Sequence[Any],
+    json_fields: Any,
+    name: str,
+    values: dict[str, Any],
+    after: Doc,
+    now: datetime,
+) -> Change | None:
+    """Insert or update one named catalog row; None (and no write) when nothing changed,
+    so an identical re-save neither bumps the generation nor writes an audit row."""
+    row = conn.execute(select(*columns).where(table.name == name)).first()
+    before = None if row is None else raw_doc(row._mapping, json_fields)
+    if before == after:
+        return None
+    if row is None:
+        conn.execute(insert(table).values(name=name, created_at=now, **values))
+    else:
+        conn.execute(update(table).where(table.name == name).values(values))
+    return before, after
+
+
 # --- applications -----------------------------------------------------------
 
 
@@ -155,15 +178,7 @@ def write_application(conn: Connection, app: Application, now: datetime) -> Chan
         "description": app.description,
         "updated_at": now,
     }
-    row = conn.execute(select(*APP_COLUMNS).where(ApplicationRow.name == app.name)).first()
-    before = None if row is None else raw_doc(row._mapping, _APP_JSON)
-    if before == after:
-        return None
-    if row is None:
-        conn.execute(insert(ApplicationRow).values(name=app.name, created_at=now, **values))
-    else:
-        conn.execute(update(ApplicationRow).where(ApplicationRow.name == app.name).values(values))
-    return before, after
+    return _upsert(conn, ApplicationRow, APP_COLUMNS, _APP_JSON, app.name, values, after, now)
 
 
 def remove_application(conn: Connection, name: str) -> Change:
@@ -222,15 +237,7 @@ def write_policy(
         "description": p.description,
         "updated_at": now,
     }
-    row = conn.execute(select(*POLICY_COLUMNS).where(PolicyRow.name == p.name)).first()
-    before = None if row is None else raw_doc(row._mapping, _POLICY_JSON)
-    if before == after:
-        return None
-    if row is None:
-        conn.execute(insert(PolicyRow).values(name=p.name, created_at=now, **values))
-    else:
-        conn.execute(update(PolicyRow).where(PolicyRow.name == p.name).values(values))
-    return before, after
+    return _upsert(conn, PolicyRow, POLICY_COLUMNS, _POLICY_JSON, p.name, values, after, now)
 
 
 def remove_policy(conn: Connection, name: str) -> Change:
