@@ -13,7 +13,6 @@ import os
 import resource
 import statistics
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
 
@@ -111,7 +110,6 @@ def main() -> None:
                 incremental(ns, a.loaded, a.samples)
         finally:
             subprocess.run(["ip", "netns", "del", ns], check=False)
-        time.sleep(0)
 
 
 if __name__ == "__main__":
