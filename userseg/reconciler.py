@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from time import perf_counter
@@ -43,13 +43,6 @@ class SyncReport:
     flows_cut: int = 0
     classes: int = 0
     mappings: int = 0
-
-
-@dataclass
-class _Mirror:
-    """What we believe the kernel's user maps hold, keyed by IP (fast-path diff base)."""
-
-    elements: dict[IPAddress, MapElement] = field(default_factory=dict)
 
 
 @contextmanager
@@ -84,7 +77,6 @@ class Reconciler:
         self._local = local_addresses or (lambda: set())
         self._lock = threading.RLock()
         self.desired: DesiredState | None = None
-        self._mirror = _Mirror()
         self.dirty = True
 
     # ------------------------------------------------------------ full sync
@@ -109,7 +101,6 @@ class Reconciler:
                     self.dirty = True
                     raise
             self.desired = desired
-            self._mirror.elements = {ip: _element(ip, t) for ip, t in desired.mappings.items()}
             self.dirty = False
             cut = self._revoke_after_full(plan, desired)
             return SyncReport(
@@ -145,7 +136,12 @@ class Reconciler:
     def _change(self, ip: IPAddress, target: MapTarget | None) -> bool:
         assert self.desired is not None
         now = self._clock.now()
-        old = self._mirror.elements.get(ip)
+        # After a successful sync the kernel holds exactly the desired mappings,
+        # so the element it has for this IP is derived from them.
+        mappings = self.desired.mappings
+        assert isinstance(mappings, dict)  # owned by this reconciler; updated in place below
+        current = mappings.get(ip)
+        old = _element(ip, current) if current else None
         new = _element(ip, target) if target else None
         if old == new:
             return True
@@ -160,15 +156,10 @@ class Reconciler:
         except Exception:
             self.dirty = True
             raise
-        mappings = self.desired.mappings
-        assert isinstance(mappings, dict)
         if target is None:
             mappings.pop(ip, None)
-            self._mirror.elements.pop(ip, None)
         else:
             mappings[ip] = target
-            assert new is not None
-            self._mirror.elements[ip] = new
         if old is not None and (new is None or new.target != old.target):
             self._cut_forbidden([ip])
         return True
