@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc nftables libnftables1 iproute2 conntrack curl procps)
+# A real Samba AD DC for the lab, the demo and the directory tests (provisioned in namespaces,
+# never as a host service), with the LDAP/Kerberos client tools the tests use against it.
+AD_PACKAGES=(samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules samba-common-bin
+             python3-samba winbind krb5-user krb5-config ldap-utils smbclient attr tdb-tools)
 
 BENCH_PACKAGES=(hping3)
 
@@ -26,7 +30,7 @@ setup() {
   if [ "$(id -u)" != 0 ]; then
     echo "run.sh: run as root (network namespaces and nftables need it)" >&2; exit 2
   fi
-  apt_install "${APT_PACKAGES[@]}"
+  apt_install "${APT_PACKAGES[@]}" "${AD_PACKAGES[@]}"
   local py=python3
   if [ ! -x .venv/bin/python ]; then "$py" -m venv .venv; fi
   if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
@@ -44,6 +48,7 @@ case "${1:-}" in
     setup; apt_install "${BENCH_PACKAGES[@]}"
     .venv/bin/python -m bench.bench_reconcile
     .venv/bin/python -m bench.bench_packet_path
+    .venv/bin/python -m bench.bench_directory
     ;;
   *) echo "usage: bash run.sh demo|test|setup|bench" >&2; exit 2 ;;
 esac

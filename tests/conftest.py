@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ad_fixtures import ad_lab, samba_dc, samba_dc2, samba_workdir
 from tests.lab_fixtures import make_lab, make_module_lab, netns_skip_reason
 
-__all__ = ["make_lab", "make_module_lab"]
+__all__ = ["ad_lab", "make_lab", "make_module_lab", "samba_dc", "samba_dc2", "samba_workdir"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

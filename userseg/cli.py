@@ -1,7 +1,9 @@
 """`userseg` command line.  Talks to the store and the reconciler, never to nft or LDAP.
 
 Exit codes: 0 ok, 1 the firewall refused a change, 2 bad input (arguments,
-config or store contents) with one line naming the problem.
+config or store contents) with one line naming the problem, 3 `status`: the
+kernel is not in step, 4 `sync`: the directory could not be read (nothing
+was changed).
 """
 
 from __future__ import annotations
@@ -9,10 +11,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -20,19 +21,19 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from userseg import cli_directory
 from userseg import cli_output as out
 from userseg.config import ConfigError, default_config_path, load_config
 from userseg.core.compile import CompileError
 from userseg.core.simulate import simulate
+from userseg.enforcer import Enforcer
 from userseg.model import IPAddress, Mapping, ModelError, Proto, User, canonical, ip
 from userseg.ports import FirewallError
 from userseg.runtime import Runtime, open_runtime, reconcile_lock
 from userseg.store import StoreError
 from userseg.store.codec import mapping_doc
 
-
-class UsageError(Exception):
-    """Bad input from the command line; printed as one line, exit code 2."""
+UsageError = out.UsageError
 
 
 def parse_destination(text: str) -> tuple[IPAddress, Proto, int | None]:
@@ -119,28 +120,14 @@ def cmd_reconcile(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_enforce(rt: Runtime, args: argparse.Namespace) -> int:
-    """Foreground enforcer: resync on every store change and every resync interval."""
-    stop = threading.Event()
+    """Foreground enforcer (userseg.enforcer): store changes, resync timer, directory sync."""
+    logging.basicConfig(level=logging.INFO, format="userseg: %(name)s: %(message)s", stream=sys.stderr)
+    enforcer = Enforcer(
+        rt, poll=args.poll, directory=not args.no_directory, say=lambda line: print(line, flush=True)
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    interval = rt.config.resync_interval
-    seen = -1
-    next_full = 0.0
-    while not stop.is_set():
-        gen = rt.store.generation()
-        now = time.monotonic()
-        if gen != seen or now >= next_full:
-            try:
-                _sync(rt, quiet=True)
-                if seen == -1:
-                    print("userseg: enforcing; kernel in step with the desired state", flush=True)
-                seen, next_full = gen, now + interval
-            except (FirewallError, CompileError, StoreError) as exc:
-                print(f"userseg: reconcile failed, will retry: {exc}", file=sys.stderr, flush=True)
-                next_full = now + min(interval, 2.0)
-        if args.once:
-            break
-        stop.wait(args.poll)
+        signal.signal(sig, lambda *_: enforcer.stop())
+    enforcer.run(once=args.once)
     return 0
 
 
@@ -231,13 +218,31 @@ def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
         "policies": len(snap.policies),
         "default_action": snap.default_action.value,
     }
+    directory = cli_directory.directory_status(rt)
     if args.json:
-        out.emit_json(info)
+        out.emit_json({**info, "directory": directory})
     else:
         width = max(len(k) for k in info)
         for k, v in info.items():
             print(f"{k.replace('_', ' '):{width}}  {v}")
+        if directory is not None:
+            _print_directory_status(directory)
     return 0 if plan.is_empty else 3
+
+
+def _print_directory_status(d: dict[str, Any]) -> None:
+    age = "never synced" if d["age_seconds"] is None else f"last sync {d['age_seconds']} s ago"
+    state = "STALE" if d["stale"] else "fresh"
+    extra = "; FAIL-CLOSED: every client is treated as unknown" if d["fail_closed_active"] else ""
+    print(
+        f"directory   {state} ({age}; max {d['max_staleness_seconds']:g} s, on stale: {d['on_stale']}){extra}"
+    )
+    for s in d["servers"]:
+        error = f"; last error: {s['last_error']}" if s["last_error"] else ""
+        print(
+            f"  {s['server']}: last success {out.cell(s['last_success']) or 'never'}, "
+            f"{s['users']} users, {s['groups']} groups{error}"
+        )
 
 
 def cmd_directory_import(rt: Runtime, args: argparse.Namespace) -> int:
@@ -304,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("enforce", help="keep reconciling in the foreground (store changes, resync timer)")
     e.add_argument("--poll", type=float, default=0.2, help="seconds between store change checks")
     e.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("--no-directory", action="store_true", help="do not sync from AD even if configured")
 
     mp = _Sub(
         sub.add_parser("map", help="manual user -> IP mappings").add_subparsers(
@@ -334,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="health and whether the kernel matches (exit 3 if not)")
     st.add_argument("--json", action="store_true")
 
+    cli_directory.add_parsers(sub)
+
     d = _Sub(
         sub.add_parser("directory", help="directory data").add_subparsers(dest="dir_command", required=True),
         common,
@@ -349,6 +357,9 @@ COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
     "mappings": cmd_mappings,
     "simulate": cmd_simulate,
     "status": cmd_status,
+    "sync": lambda rt, args: cli_directory.cmd_sync(rt, args, _sync),
+    "users": cli_directory.cmd_users,
+    "groups": cli_directory.cmd_groups,
 }
 
 
@@ -385,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FirewallError as exc:
         print(f"userseg: firewall refused the change (kernel unchanged): {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `userseg users | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

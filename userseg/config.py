@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from userseg.config_directory import parse_directory
 from userseg.config_schema import IFNAME_RE, Section, expand_service
+from userseg.directory.model import DirectorySettings
 from userseg.model import (
     Action,
     AddressRange,
@@ -62,6 +64,7 @@ class Config:
     default_action: Action | None  # None: the store's `default_action` setting decides
     applications: tuple[Application, ...]
     policies: tuple[Policy, ...]
+    directory: DirectorySettings | None = None  # None: no AD sync (users come from `directory import`)
 
 
 def default_config_path() -> Path:
@@ -107,6 +110,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     default_action = policy.choice("default_action", Action, None)
     policy.finish()
 
+    directory = parse_directory(root.table("directory"))
     applications = _parse_applications(root.tables("applications"))
     policies = _parse_policies(root.tables("policies"))
     root.finish()
@@ -123,6 +127,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
         default_action=default_action,
         applications=applications,
         policies=policies,
+        directory=directory,
     )
 
 

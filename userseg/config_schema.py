@@ -115,6 +115,10 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self._data
 
+    def has_any(self) -> bool:
+        """Whether the table holds any key at all (an absent optional section is empty)."""
+        return bool(self._data)
+
     def string(self, key: str, default: str, *, required: bool = False) -> str:
         value = self._get(key, required)
         if value is None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from userseg.cli_output import UsageError
 from userseg.config import Config
+from userseg.directory.model import DirectorySource, StalePolicy
+from userseg.directory.sync import DirectorySync, SyncOutcome, staleness
 from userseg.model import Snapshot
 from userseg.reconciler import Reconciler
 from userseg.snapshot import load_snapshot
@@ -50,8 +53,38 @@ class Runtime:
     _reconciler: Reconciler | None = None
     _closers: list[object] = field(default_factory=list)
 
+    _directory_sync: DirectorySync | None = None
+
     def snapshot(self) -> Snapshot:
-        return load_snapshot(self.store, self.config, self.clock.now())
+        """The desired-state input; past max_staleness with on_stale = fail-closed, no client has a user."""
+        now = self.clock.now()
+        snap = load_snapshot(self.store, self.config, now)
+        settings = self.config.directory
+        if (
+            settings is not None
+            and settings.on_stale is StalePolicy.FAIL_CLOSED
+            and staleness(settings, self.store.directory_status(), now).fail_closed
+        ):
+            snap = replace(snap, users={}, mappings=())
+        return snap
+
+    def directory_source(self) -> DirectorySource:
+        """The LDAP adapter, opening its sockets in the gateway's namespace (where the DCs are reachable)."""
+        if self.config.directory is None:
+            raise UsageError(f"no [directory] section in {self.config.source}; AD sync is not configured")
+        from userseg.adapters.directory import LdapDirectory
+
+        source = LdapDirectory(self.config.directory, netns=self.config.netns)
+        self._closers.append(source)
+        return source
+
+    def directory_sync(self, on_commit: Callable[[SyncOutcome], None] | None = None) -> DirectorySync:
+        if self._directory_sync is None:
+            source = self.directory_source()  # UsageError when AD sync is not configured
+            settings = self.config.directory
+            assert settings is not None
+            self._directory_sync = DirectorySync(source, self.store, settings, self.clock, on_commit)
+        return self._directory_sync
 
     @property
     def reconciler(self) -> Reconciler:

@@ -28,6 +28,9 @@ EXPECTED_TABLES = {
     "settings",
     "audit_log",
     "meta",
+    "directory_objects",
+    "directory_state",
+    "directory_sync",
 }
 
 
@@ -66,10 +69,10 @@ def test_upgrade_on_empty_database_creates_schema_at_head(tmp_path: Path) -> Non
         "ix_audit_log_at",
         "ix_audit_log_entity_name",
     }
-    assert store.current_revision() == head_revision() == "0001"
+    assert store.current_revision() == head_revision() == "0002"
     assert store.generation() == 0
     store.upgrade()  # idempotent
-    assert store.current_revision() == "0001"
+    assert store.current_revision() == "0002"
     store.close()
 
 
@@ -103,7 +106,7 @@ def test_outdated_revision_is_reported(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with pytest.raises(
-        StoreError, match=r"has schema revision 0000, this userseg needs 0001; run `userseg db"
+        StoreError, match=r"has schema revision 0000, this userseg needs 0002; run `userseg db"
     ):
         Store(f"sqlite:///{db}").policies()
 
@@ -132,7 +135,7 @@ def test_alembic_command_line_with_x_url_from_any_directory(tmp_path: Path) -> N
     up = alembic("-x", f"url=sqlite:///{db}", "upgrade", "head")
     assert up.returncode == 0, up.stderr
     assert tables(db) == EXPECTED_TABLES
-    assert Store(f"sqlite:///{db}").current_revision() == "0001"
+    assert Store(f"sqlite:///{db}").current_revision() == "0002"
 
     missing = alembic("upgrade", "head")
     assert missing.returncode != 0

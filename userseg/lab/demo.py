@@ -1,28 +1,31 @@
-"""The demo: a small company in network namespaces, enforced by userseg, driven by its CLI.
+"""The demo: a small company in network namespaces with a real Samba AD DC, enforced by userseg.
 
 `sudo bash run.sh demo` runs this.  It builds a gateway namespace between a
-client network (alice's and bob's PCs) and a server network (a domain
-controller, a finance app, an HR app), then walks through what an admin sees:
-unknown clients reach only the DC, a logon opens exactly the user's
-applications, `simulate` explains verdicts, and removing alice from Finance in
-the directory cuts her open connection.  Every step is a real `userseg`
-command and real packets; nothing is mocked.  `--keep` leaves the lab up for
-exploring until Ctrl-C.
+client network (alice's and bob's PCs) and a server network (a Samba Active
+Directory domain controller, a finance app, an HR app), provisions the domain,
+creates users and nested groups with samba-tool, and walks through what an
+admin sees: `userseg sync` reads AD, unknown clients reach only the DC, a
+logon opens exactly the user's applications, and changes made in AD (a group
+membership added or removed, an account disabled) reach the kernel within
+moments through AD's change notification - cutting open connections on
+revocation.  Every step is a real `userseg` or `samba-tool` command and real
+packets; nothing is mocked.  `--keep` leaves the lab up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from userseg.lab import ClientSpec, Lab, LabSpec, LongConnection, ServerSpec, probe_tcp
+from userseg.lab.samba import DomainSpec, SambaDC, provision_dc
 
 ALICE_PC, BOB_PC = "198.18.10.11", "198.18.10.12"
 DC, FINANCE, HR = "198.18.20.53", "198.18.20.10", "198.18.20.20"
@@ -30,7 +33,7 @@ DC, FINANCE, HR = "198.18.20.53", "198.18.20.10", "198.18.20.20"
 SPEC = LabSpec(
     clients=[ClientSpec("alice-pc", addresses=[ALICE_PC]), ClientSpec("bob-pc", addresses=[BOB_PC])],
     servers=[
-        ServerSpec("dc", address=DC, tcp_ports=[88, 389, 445], udp_ports=[53]),
+        ServerSpec("dc", address=DC),
         ServerSpec("finance", address=FINANCE, tcp_ports=[443, 8443]),
         ServerSpec("hr", address=HR, tcp_ports=[443]),
     ],
@@ -38,7 +41,7 @@ SPEC = LabSpec(
 )
 
 
-def config_text(lab: Lab, workdir: Path) -> str:
+def config_text(lab: Lab, workdir: Path, dc: SambaDC) -> str:
     return f"""# demo configuration written by userseg.lab.demo
 [database]
 url = "sqlite:///{workdir}/userseg.db"
@@ -52,6 +55,13 @@ log_group = 100
 name = "domain-controller"
 destinations = ["{DC}"]
 services = ["ad-dc"]
+
+[directory]
+servers = ["{dc.url}"]
+bind_user = "{dc.admin_user}"
+password_file = "{workdir}/bind.pw"
+ca_file = "{dc.ca_file}"
+server_names = ["{dc.fqdn}"]
 
 [[applications]]
 name = "finance-app"
@@ -92,12 +102,17 @@ action = "allow"
 
 
 class Demo:
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(self, lab: Lab, workdir: Path, dc: SambaDC) -> None:
         self.lab = lab
         self.workdir = workdir
+        self.dc = dc
         self.config = workdir / "userseg.toml"
-        self.config.write_text(config_text(lab, workdir))
+        pw = workdir / "bind.pw"
+        pw.write_text(dc.admin_password + "\n")
+        pw.chmod(0o600)
+        self.config.write_text(config_text(lab, workdir, dc))
         self.env = {**os.environ, "USERSEG_CONFIG": str(self.config), "USERSEG_RUN_DIR": str(workdir / "run")}
+        self.enforcer: subprocess.Popen[str] | None = None
 
     color = sys.stdout.isatty()
 
@@ -122,19 +137,38 @@ class Demo:
             raise SystemExit(f"demo: `userseg {' '.join(args)}` failed with exit code {proc.returncode}")
         return proc.stdout
 
-    def directory(self, alice_groups: list[str]) -> None:
-        path = self.workdir / "directory.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "users": [
-                        {"name": "alice", "display_name": "Alice Accountant", "groups": alice_groups},
-                        {"name": "bob", "display_name": "Bob from HR", "groups": ["HR"]},
-                    ]
-                }
-            )
+    def samba_tool(self, *args: str) -> None:
+        print(f"$ samba-tool {shlex.join(args)}", flush=True)
+        out = self.dc.samba_tool(*args).stdout.strip()
+        if out:
+            print("  " + out.replace("\n", "\n  "), flush=True)
+
+    def start_enforcer(self) -> None:
+        print("$ userseg enforce &", flush=True)
+        self.enforcer = subprocess.Popen(
+            [sys.executable, "-m", "userseg.cli", "enforce"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        self.userseg("directory", "import", str(path))
+        ready = threading.Event()
+
+        def relay() -> None:
+            assert self.enforcer is not None and self.enforcer.stdout is not None
+            for line in self.enforcer.stdout:
+                print(self.paint("36", f"  [enforce] {line.rstrip()}"), flush=True)
+                if "kernel in step" in line:
+                    ready.set()
+
+        threading.Thread(target=relay, daemon=True).start()
+        if not ready.wait(60):
+            raise SystemExit("demo: `userseg enforce` did not start")
+
+    def stop_enforcer(self) -> None:
+        if self.enforcer is not None and self.enforcer.poll() is None:
+            self.enforcer.terminate()
+            self.enforcer.wait(10)
 
     def probe(self, client: str, src: str, dst: str, name: str, port: int) -> str:
         start = time.monotonic()
@@ -147,12 +181,32 @@ class Demo:
     def matrix(self, who: list[tuple[str, str]]) -> None:
         for client, src in who:
             for name, dst, port in (
-                ("dc", DC, 88),
+                ("dc", DC, 389),
                 ("finance", FINANCE, 443),
                 ("finance", FINANCE, 8443),
                 ("hr", HR, 443),
             ):
                 self.probe(client, src, dst, name, port)
+
+    def until(self, client: str, src: str, dst: str, port: int, want: str, since: float) -> None:
+        deadline = time.monotonic() + 30
+        while probe_tcp(self.lab, client, src, dst, port, timeout=0.5) != want:
+            if time.monotonic() > deadline:
+                print(f"  {self.red(f'{dst}:{port} not {want} after 30 s')}")
+                return
+        print(
+            f"  {dst}:{port} is {want} {(time.monotonic() - since) * 1000:.0f} ms after samba-tool returned"
+        )
+
+    def directory(self) -> None:
+        self.say(f"Active Directory: Samba DC {self.dc.fqdn} at {DC}; users and nested groups via samba-tool")
+        for name, display in (("alice", "Alice Accountant"), ("bob", "Bob from HR")):
+            self.samba_tool("user", "create", name, "--random-password", f"--given-name={display}")
+        for group in ("Finance", "Accounts-Payable", "HR", "Finance-Admins"):
+            self.samba_tool("group", "add", group)
+        self.samba_tool("group", "addmembers", "Finance", "Accounts-Payable")
+        self.samba_tool("group", "addmembers", "Accounts-Payable", "alice")
+        self.samba_tool("group", "addmembers", "HR", "bob")
 
     def run(self) -> None:
         everyone = [("alice-pc", ALICE_PC), ("bob-pc", BOB_PC)]
@@ -160,45 +214,51 @@ class Demo:
             f"Lab up in {self.lab.build_seconds:.2f} s: gateway namespace {self.lab.gateway_ns}, "
             f"clients on {self.lab.client_network}, servers on {self.lab.server_network}"
         )
+        self.directory()
+        self.say("userseg reads the directory: alice is in Finance through Accounts-Payable (nested)")
         self.userseg("check-config")
         self.userseg("db", "upgrade")
-        self.directory(["Finance"])
-        self.say("Enforcement on, nobody logged on: unknown clients reach only the domain controller")
-        self.userseg("reconcile")
+        self.userseg("sync", "--full")
+        self.userseg("groups")
+        self.say("The enforcer runs: it follows AD change notifications and keeps the kernel in step")
+        self.start_enforcer()
+        self.say("Nobody logged on: unknown clients reach only the domain controller")
         self.matrix(everyone)
 
-        self.say("Alice logs on at her PC (here by hand; AD logon events feed this in production)")
+        self.say("Alice and Bob log on (by hand here; AD logon events feed this in production)")
         self.userseg("map", "add", "alice", ALICE_PC)
-        self.matrix([("alice-pc", ALICE_PC)])
-        self.userseg("simulate", "alice", f"{HR}:443")
-        self.userseg("simulate", ALICE_PC, f"{FINANCE}:443/tcp")
-
-        self.say("Bob logs on too")
         self.userseg("map", "add", "bob", BOB_PC)
-        self.matrix([("bob-pc", BOB_PC)])
-        self.userseg("mappings")
+        self.matrix(everyone)
+        self.userseg("users", "alice")
+        self.userseg("simulate", "alice", f"{HR}:443")
 
-        self.say("Alice has the finance app open; then she is removed from Finance in the directory")
+        self.say("In AD, alice joins Finance-Admins: the admin app opens, no sync command needed")
+        self.samba_tool("group", "addmembers", "Finance-Admins", "alice")
+        start = time.monotonic()
+        self.until("alice-pc", ALICE_PC, FINANCE, 8443, "open", start)
+
+        self.say("Alice has the finance app open; in AD she leaves Accounts-Payable")
         conn = LongConnection(self.lab, "alice-pc", ALICE_PC, FINANCE, 443)
         conn.wait_pings(3, 2.0)
         print(f"  alice's connection to the finance app is alive: {conn.alive()}")
-        self.directory([])
         start = time.monotonic()
-        self.userseg("reconcile")
-        died = conn.wait_dead(3.0, since=start)
+        self.samba_tool("group", "removemembers", "Accounts-Payable", "alice")
+        died = conn.wait_dead(30.0, since=start)
         if died is None:
             print(f"  {self.red('alice' + chr(39) + 's connection survived the revocation')}")
         else:
-            print(
-                f"  alice's open connection was cut {died * 1000:.0f} ms after `userseg reconcile` started "
-                "(including the command's own start-up)"
-            )
+            print(f"  alice's open connection was cut {died * 1000:.0f} ms after samba-tool started")
         conn.close()
         self.matrix([("alice-pc", ALICE_PC)])
 
+        self.say("In AD, bob's account is disabled: his mapping goes and he is an unknown client again")
+        self.samba_tool("user", "disable", "bob")
+        start = time.monotonic()
+        self.until("bob-pc", BOB_PC, HR, 443, "refused", start)
+        self.userseg("mappings")
+
         self.say("State of the gateway")
         self.userseg("status")
-        self.userseg("reconcile", "--dry-run")
         table = self.lab.run("gateway", ["nft", "list", "chain", "inet", "userseg", "police"]).stdout
         print("$ nft list chain inet userseg police\n  " + table.strip().replace("\n", "\n  "))
 
@@ -211,8 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: run as root (network namespaces and nftables need it)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="userseg-demo-") as tmp, Lab(SPEC) as lab:
-        demo = Demo(lab, Path(tmp))
-        demo.run()
+        print("Provisioning the Samba AD domain LAB.EXAMPLE (first run ~10 s, then cached) ...", flush=True)
+        dc = provision_dc(lab, "dc", Path(tmp) / "dc", DomainSpec(), hostname="dc1")
+        demo = Demo(lab, Path(tmp), dc)
+        try:
+            demo.run()
+        except BaseException:
+            demo.stop_enforcer()
+            raise
         if args.keep:
             print(
                 f"\nLab kept. Try: USERSEG_CONFIG={demo.config} .venv/bin/userseg mappings\n"
@@ -224,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
+        demo.stop_enforcer()
     print("\nDemo finished; lab torn down.")
     return 0
 

@@ -61,18 +61,34 @@ def collect(users: Iterable[User], groups: Iterable[Group]) -> DirectoryInput:
     return out
 
 
-def write_diff(conn: Connection, want: DirectoryInput, now: datetime) -> bool:
-    """Make the tables equal `want`; returns whether any row changed."""
-    have_groups: dict[str, tuple[str, str]] = {
+def read_input(conn: Connection) -> DirectoryInput:
+    """What the tables hold now, in the shape of write_diff's input."""
+    have = DirectoryInput()
+    have.groups = {
         n: (d, dn) for n, d, dn in conn.execute(select(GroupRow.name, GroupRow.display_name, GroupRow.dn))
     }
-    have_users: dict[str, tuple[str, bool]] = {
+    have.users = {
         n: (d, bool(x))
         for n, d, x in conn.execute(select(UserRow.name, UserRow.display_name, UserRow.disabled))
     }
-    have_members = {
+    have.members = {
         (u, g) for u, g in conn.execute(select(MembershipRow.user_name, MembershipRow.group_name))
     }
+    return have
+
+
+def write_diff(
+    conn: Connection, want: DirectoryInput, now: datetime, have: DirectoryInput | None = None
+) -> bool:
+    """Make the tables equal `want`; returns whether any row changed.
+
+    `have` is what the tables are known to hold (the previous commit's input,
+    when the caller can vouch for it); None reads it.  Passing it turns an
+    incremental sync at 20k users from a 145k-row read into set arithmetic.
+    """
+    if have is None:
+        have = read_input(conn)
+    have_groups, have_users, have_members = have.groups, have.users, have.members
 
     new_groups = [
         {"name": n, "display_name": d, "dn": dn} for n, (d, dn) in want.groups.items() if n not in have_groups

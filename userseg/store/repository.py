@@ -24,9 +24,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from userseg.directory.model import DirectoryImage, SyncCursor
 from userseg.model import Action, Application, Group, IPAddress, Mapping, Policy, User, canonical
-from userseg.store import catalog, codec, directory, mappings
+from userseg.store import catalog, codec, directory, directory_image, mappings
 from userseg.store.codec import StoreError, utc
+from userseg.store.directory_image import DirectoryBase, DirectoryCommit, DirectorySyncStatus
 from userseg.store.engine import (
     WRITE_OPTION,
     alembic_config,
@@ -161,6 +163,56 @@ class Store:
         with _gc_paused(), self._tx(write=True) as conn:
             if directory.write_diff(conn, want, now):
                 catalog.bump(conn)
+
+    def directory_image(self) -> tuple[DirectoryImage, SyncCursor | None]:
+        """The raw directory image of the last successful sync and where to continue from."""
+        with _gc_paused(), self._tx() as conn:
+            return directory_image.load_image(conn)
+
+    def commit_directory(
+        self,
+        image: DirectoryImage,
+        cursor: SyncCursor,
+        users: Iterable[User],
+        groups: Iterable[Group],
+        *,
+        server: str,
+        kind: str,
+        now: datetime,
+        milliseconds: int = 0,
+        base: DirectoryBase | None = None,
+    ) -> DirectoryCommit:
+        """Store a successful sync atomically: raw image, cursor, effective view, and the
+        removal of mappings of accounts deleted or disabled (audited as actor "directory")."""
+        now = utc(now, "now")
+        with _gc_paused():
+            want = directory.collect(users, groups)
+        with _gc_paused(), self._tx(write=True) as conn:
+            return directory_image.commit(
+                conn,
+                image,
+                cursor,
+                want,
+                server=server,
+                kind=kind,
+                now=now,
+                milliseconds=milliseconds,
+                base=base,
+            )
+
+    def advance_directory_cursor(self, cursor: SyncCursor, *, now: datetime, milliseconds: int = 0) -> None:
+        """An incremental sync found no change: move the cursor, note the success."""
+        with self._tx(write=True) as conn:
+            directory_image.advance(conn, cursor, now=utc(now, "now"), milliseconds=milliseconds)
+
+    def record_directory_failure(self, server: str, *, kind: str, error: str, now: datetime) -> None:
+        """Note a failed sync attempt; nothing else changes (the last good state stays)."""
+        with self._tx(write=True) as conn:
+            directory_image.record(conn, server, now=utc(now, "now"), kind=kind, error=error or "failed")
+
+    def directory_status(self) -> list[DirectorySyncStatus]:
+        with self._tx() as conn:
+            return directory_image.statuses(conn)
 
     def users(self) -> dict[str, User]:
         with _gc_paused(), self._tx() as conn:

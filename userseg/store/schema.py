@@ -231,3 +231,40 @@ class MetaRow(Base):
 
 
 GENERATION_KEY = "generation"
+
+
+class DirectoryObjectRow(Base):
+    """The raw directory image (entries as read from AD), so an incremental sync can
+    continue after a restart, or from the CLI, without a full read first."""
+
+    __tablename__ = "directory_objects"
+    __table_args__ = (CheckConstraint("kind IN ('user', 'group')", name="kind"),)
+
+    guid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    dn: Mapped[str] = mapped_column(Text)
+    data: Mapped[str] = mapped_column(Text)  # JSON object of the entry's fields
+
+
+class DirectoryStateRow(Base):
+    """Small named values of the directory image: its cursor and domain SID (JSON)."""
+
+    __tablename__ = "directory_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DirectorySyncRow(Base):
+    """Outcome of the last sync attempt against each DC: what status and staleness show."""
+
+    __tablename__ = "directory_sync"
+
+    server: Mapped[str] = mapped_column(String(512), primary_key=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_kind: Mapped[str] = mapped_column(String(16), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    users: Mapped[int] = mapped_column(Integer, default=0)
+    groups: Mapped[int] = mapped_column(Integer, default=0)
+    milliseconds: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,183 @@
+"""AD changes reach real traffic: a Samba DC, `userseg enforce`, and packets through the gateway.
+
+Each test gets its own database, enforcer and freshly created AD user and
+group (unique names), while the DC and the lab are shared by the session.
+The scheduled incremental sync is an hour away, so every change seen here was
+carried by the AD change notification.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ad_fixtures import unique_name
+from tests.scenario.ad_helpers import APP, CLIENT_IP, Enforcer, poll, write_ad_config
+from tests.scenario.cli_helpers import userseg
+from userseg.lab import Lab, probe_tcp
+from userseg.lab.flows import LongConnection
+from userseg.lab.samba import SambaDC
+
+pytestmark = pytest.mark.netns
+
+NOTIFY_TIMEOUT = 20.0  # Samba's notification retry cycle is 5 s; leave room for a loaded CI machine
+
+
+@pytest.fixture
+def ad_case(ad_lab: Lab, samba_dc: SambaDC, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    user, group = unique_name("u"), unique_name("g")
+    samba_dc.samba_tool("user", "create", user, "--random-password")
+    samba_dc.samba_tool("group", "add", group)
+    cfg = write_ad_config(tmp_path, ad_lab, [samba_dc], group)
+    userseg(cfg, "db", "upgrade")
+    try:
+        yield user, group, cfg
+    finally:
+        ad_lab.run("gateway", ["nft", "delete", "table", "inet", "userseg"], check=False)
+        ad_lab.run("gateway", ["conntrack", "-F"], check=False)
+
+
+def _reach(lab: Lab) -> str:
+    return probe_tcp(lab, "c1", CLIENT_IP, APP, 443, timeout=0.5)
+
+
+def test_membership_changes_reach_traffic_without_a_scheduled_sync(
+    ad_lab: Lab, samba_dc: SambaDC, ad_case: tuple[str, str, Path]
+) -> None:
+    user, group, cfg = ad_case
+    sync = json.loads(userseg(cfg, "sync", "--json").stdout)
+    assert sync["ok"] and sync["kind"] == "full" and sync["users"] >= 1
+    userseg(cfg, "map", "add", user, CLIENT_IP, "--no-apply")
+    enforcer = Enforcer(cfg)
+    try:
+        enforcer.wait_for("kernel in step")
+        assert _reach(ad_lab) == "refused"
+
+        samba_dc.samba_tool("group", "addmembers", group, user)
+        poll(lambda: _reach(ad_lab) == "open", NOTIFY_TIMEOUT)
+        shown = json.loads(userseg(cfg, "users", user, "--json").stdout)
+        assert group.casefold() in shown["groups"]
+        assert [a["verdict"] for a in shown["access"] if a["application"] == "app"] == ["allow"]
+
+        conn = LongConnection(ad_lab, "c1", CLIENT_IP, APP, 443)
+        try:
+            samba_dc.samba_tool("group", "removemembers", group, user)
+            died = conn.wait_dead(NOTIFY_TIMEOUT)
+            assert died is not None, "the open connection survived the group removal"
+        finally:
+            conn.close()
+        assert _reach(ad_lab) == "refused"
+    finally:
+        enforcer.stop()
+
+
+def test_nested_group_membership_counts(
+    ad_lab: Lab, samba_dc: SambaDC, ad_case: tuple[str, str, Path]
+) -> None:
+    user, group, cfg = ad_case
+    child, grandchild = unique_name("gc"), unique_name("gg")
+    samba_dc.samba_tool("group", "add", child)
+    samba_dc.samba_tool("group", "add", grandchild)
+    samba_dc.samba_tool("group", "addmembers", group, child)
+    samba_dc.samba_tool("group", "addmembers", child, grandchild)
+    samba_dc.samba_tool("group", "addmembers", grandchild, user)
+    userseg(cfg, "sync", "--full")
+    userseg(cfg, "map", "add", user, CLIENT_IP)
+    assert _reach(ad_lab) == "open"
+    shown = json.loads(userseg(cfg, "users", user, "--json").stdout)
+    assert {group.casefold(), child.casefold(), grandchild.casefold(), "domain users"} <= set(shown["groups"])
+
+
+def test_disabling_the_account_removes_its_mappings_and_cuts_traffic(
+    ad_lab: Lab, samba_dc: SambaDC, ad_case: tuple[str, str, Path]
+) -> None:
+    user, group, cfg = ad_case
+    samba_dc.samba_tool("group", "addmembers", group, user)
+    userseg(cfg, "sync")
+    userseg(cfg, "map", "add", user, CLIENT_IP, "--no-apply")
+    enforcer = Enforcer(cfg)
+    try:
+        enforcer.wait_for("kernel in step")
+        assert _reach(ad_lab) == "open"
+        conn = LongConnection(ad_lab, "c1", CLIENT_IP, APP, 443)
+        try:
+            samba_dc.samba_tool("user", "disable", user)
+            assert conn.wait_dead(NOTIFY_TIMEOUT) is not None, "the disabled user's connection survived"
+        finally:
+            conn.close()
+        assert _reach(ad_lab) == "refused"
+        assert json.loads(userseg(cfg, "mappings", "--user", user, "--json").stdout) == []
+        audit = userseg(cfg, "users", user, "--json")
+        assert json.loads(audit.stdout)["disabled"] is True
+    finally:
+        enforcer.stop()
+
+
+def test_dc_down_keeps_the_last_state_and_recovers(
+    ad_lab: Lab, samba_dc: SambaDC, ad_case: tuple[str, str, Path]
+) -> None:
+    """A DC that is unreachable at start and during syncs revokes nobody; its return is noticed."""
+    user, group, cfg = ad_case
+    samba_dc.samba_tool("group", "addmembers", group, user)
+    userseg(cfg, "sync")
+    userseg(cfg, "map", "add", user, CLIENT_IP, "--no-apply")
+    samba_dc.stop()
+    try:
+        failed = userseg(cfg, "sync", check=False)
+        assert failed.returncode == 4 and "nothing changed" in failed.stderr
+        enforcer = Enforcer(cfg)
+        try:
+            enforcer.wait_for("kernel in step")
+            enforcer.wait_for("sync failed; keeping the last good state")
+            assert _reach(ad_lab) == "open"
+            status = json.loads(userseg(cfg, "status", "--json").stdout)["directory"]
+            assert status["servers"][0]["last_error"], status
+            assert status["servers"][0]["last_success"] is not None
+            samba_dc.start()
+            poll(
+                lambda: (
+                    not json.loads(userseg(cfg, "status", "--json").stdout)["directory"]["servers"][0][
+                        "last_error"
+                    ]
+                ),
+                60,
+            )
+            assert _reach(ad_lab) == "open"
+        finally:
+            enforcer.stop()
+    finally:
+        if not samba_dc.is_running():
+            samba_dc.start()
+
+
+def test_failover_to_the_second_dc_when_the_first_is_down(
+    ad_lab: Lab, samba_dc: SambaDC, samba_dc2: SambaDC, tmp_path: Path
+) -> None:
+    """Both DCs configured by address, each with its own certificate name (server_names)."""
+    user, group = unique_name("fo"), unique_name("fog")
+    samba_dc.samba_tool("user", "create", user, "--random-password")
+    samba_dc.samba_tool("group", "add", group)
+    samba_dc.samba_tool("group", "addmembers", group, user)
+    cfg = write_ad_config(tmp_path, ad_lab, [samba_dc, samba_dc2], group)
+    userseg(cfg, "db", "upgrade")
+    first = json.loads(userseg(cfg, "sync", "--json").stdout)
+    assert first["ok"] and first["server"] == samba_dc.url
+    group_dn = f"CN={group},CN=Users,{samba_dc.base_dn}"
+    poll(lambda: samba_dc2.exists(group_dn), 30)  # replicated (members come with the same change)
+    samba_dc.stop()
+    try:
+        # dc1 is gone: the cursor belongs to dc1's database, so dc2 is read in full.
+        second = json.loads(userseg(cfg, "sync", "--json", "--no-apply").stdout)
+        assert second["ok"] and second["server"] == samba_dc2.url and second["kind"] == "full"
+        shown = json.loads(userseg(cfg, "users", user, "--json").stdout)
+        assert group.casefold() in shown["groups"]
+        servers = {
+            s["server"]: s
+            for s in json.loads(userseg(cfg, "status", "--json").stdout)["directory"]["servers"]
+        }
+        assert servers[samba_dc2.url]["last_success"] is not None and not servers[samba_dc2.url]["last_error"]
+    finally:
+        samba_dc.start()

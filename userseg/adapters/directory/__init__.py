@@ -1,0 +1,11 @@
+"""Active Directory adapter (ldap3): implements userseg.directory.model.DirectorySource.
+
+Modules: connect (TLS, bind, failover, credentials, root DSE), reader (paged
+full reads, range retrieval, lookups), changes (incremental reads), entries (raw values -> model,
+pure), watch (change notification), ldap (LdapDirectory, the facade).
+Only this package imports ldap3.
+"""
+
+from userseg.adapters.directory.ldap import LdapDirectory
+
+__all__ = ["LdapDirectory"]
