@@ -167,6 +167,8 @@ class TimedSource:
         self.notified: list[float] = []
         self.read_changes = inner.read_changes
         self.read_all = inner.read_all
+        self.read_notified = inner.read_notified
+        self.read_user = inner.read_user
         self.close = inner.close
 
     def watch(self, on_change: Callable[[str], None], stop: threading.Event) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -170,9 +171,27 @@ class Demo:
             self.enforcer.terminate()
             self.enforcer.wait(10)
 
+    def connects(self, client: str, src: str, dst: str, port: int) -> str:
+        """A plain TCP connect: Samba's LDAP sends no greeting line for probe_tcp to read."""
+        sock = self.lab.socket(client, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((src, 0))
+            sock.settimeout(2.0)
+            sock.connect((dst, port))
+            return "open"
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError:
+            return "timeout"
+        finally:
+            sock.close()
+
     def probe(self, client: str, src: str, dst: str, name: str, port: int) -> str:
         start = time.monotonic()
-        result = probe_tcp(self.lab, client, src, dst, port, timeout=2.0)
+        if dst == DC:
+            result = self.connects(client, src, dst, port)
+        else:
+            result = probe_tcp(self.lab, client, src, dst, port, timeout=2.0)
         ms = (time.monotonic() - start) * 1000
         mark = {"open": self.paint("32", "OPEN"), "refused": self.red("REFUSED")}.get(result, result.upper())
         print(f"  {client:9} {src:>13} -> {name:8} {dst}:{port:<5} {mark} ({ms:.0f} ms)", flush=True)

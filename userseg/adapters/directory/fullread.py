@@ -1,37 +1,65 @@
 """The full read: users and groups fetched over several connections at once, merged into one image.
 
-Why concurrent: a full read alternates between two single-threaded workers,
-the DC building a response and Python decoding it; one connection runs them
-one after the other (measured, Samba 4.17, 20,000 users: the DC's share
-alone is 2 s for plain searches, and Python's decoding as much again).
-Separate connections are served by separate Samba worker processes (prefork
-children = 4 by default), so while Python decodes one response the DC
-builds the next.  Python itself stays on one core (GIL), so the gain is at
-most the overlap of the two halves: ~2x on two cores.
+Why concurrent: a read alternates between two single-threaded workers, the
+DC building a response and Python decoding it; on one connection they take
+turns.  Separate connections are served by separate Samba worker processes
+(prefork children = 4 by default), so while Python decodes one response the
+DC builds the next.  Python stays on one core (GIL): the gain is at most the
+overlap of the two halves.
+
+Measured on the development DC (Samba 4.17 on the same 2-core machine,
+20,206 users, 2,000 groups, 43k member values; medians under the machine's
+usual background load, so read them as ratios):
+
+=====================================================  ======  ==========  =========
+read_all                                               wall    Python CPU  Samba CPU
+=====================================================  ======  ==========  =========
+before: 1 connection, paged, ldap3 decoding            14.0 s  5.4-5.7 s   6.1-7.1 s
+lean decoder (decode.py) only                           8-9 s  1.7-1.9 s   6.3-6.9 s
++ 2 connections x 2 partitions, still paged             9.0 s      -           -
+plain searches (reader.py), 1 connection                4.6 s  1.8 s       2.6-2.8 s
+plain, 2 connections, 2 partitions (the default)        4.0 s  1.8 s       2.0-2.4 s
+=====================================================  ======  ==========  =========
+
+(3.0-3.3 s for the default whenever the machine was quiet.)  With the DC on
+the same two cores, more connections or partitions did not help: each
+uSNCreated range is a scan of every user on Samba (no range index), ~0.3-0.5 s
+of DC CPU per partition, and the cores are already busy.  Against a DC on its
+own machine the overlap, and more partitions, are worth more.
 
 How:
 
 * the read connection (already bound, reused) reads highestCommittedUSN and
   the domain SID first, so a dead reused socket still fails before anything
   else and the caller's reconnect-and-retry applies unchanged;
-* the work is a queue of tasks: the group search and the user search split
-  into `partitions` disjoint uSNCreated ranges (``usn_partitions``, each
-  user in exactly one; tests/adapters/directory/test_fullread.py checks it);
-* `connections` workers each take tasks until the queue is empty: the read
+* the work is a queue of tasks: the user search split into `partitions`
+  disjoint uSNCreated ranges (``usn_partitions``: every user in exactly one,
+  checked on the real filters in tests/adapters/directory/test_fullread.py
+  and on a DC in test_ldap.py), then the group search;
+* ranges are even over [0, highestCommittedUSN] on the first read; each read
+  also fetches the users' uSNCreated and returns cut points that split them
+  evenly (``learned_cuts``), which the next read of the same database uses:
+  users are rarely spread evenly over USNs (bulk imports, migrations), and
+  a lopsided split is no split at all when the DC has cores to spare;
+* `connections` workers take tasks until the queue is empty: the read
   connection, plus fresh connections to *the same DC* (same URL, and the
   same invocationId, checked: a load-balanced name could land elsewhere,
   whose USNs and image would not match).  An extra connection that cannot
-  be opened is not a failure: its share is taken by the others;
+  be opened is not a failure: the others take its share;
 * workers only fetch; the calling thread parses entries and calls
-  `progress`, so parsing state and the caller's callback stay single-threaded;
+  `progress`, so parsing state and the caller's callback stay single-threaded.
+  With one connection there is no thread at all: each page is handled before
+  the next is asked for, exactly as the sequential read did;
 * all as one: the first failure of any worker cancels the rest (they stop
-  between requests), every thread is joined, extra connections are closed,
-  and the failure is raised.  No image, nothing partial.
+  between requests; one inside a request finishes it or times out), every
+  thread is joined, extra connections are closed, and the failure is raised.
+  No image, nothing partial.
 
 Progress keeps the sequential read's shape: users first, then groups, one
 call per `page_size` entries seen (cumulative) and a last call with the
 total; group counts that arrive while users are still being read are
-reported after them.
+reported after them.  With plain searches a "page" is that many entries of
+a larger answer, reported as they are parsed.
 """
 
 from __future__ import annotations
@@ -255,9 +283,6 @@ class FullRead:
         clauses = usn_partitions(cuts)
         tasks = [Task("users", base, clause) for clause in clauses for base in scope.user_bases]
         tasks += [Task("groups", base) for base in scope.group_bases]
-        import os
-        if os.environ.get("GFIRST"):
-            tasks = tasks[-len(scope.group_bases):] + tasks[:-len(scope.group_bases)]
         return tasks
 
     def _run_workers(self, image: _Image, extras: int) -> None:

@@ -46,7 +46,7 @@ log = logging.getLogger("userseg.directory")
 
 T = TypeVar("T")
 
-# Measured on 2 cores with the DC on the same machine (20,206 users, 2,000 groups): see fullread.py.
+# Measured with the DC on the same 2 cores (20,206 users, 2,000 groups): fullread.py's docstring.
 READ_CONNECTIONS = 2
 USER_PARTITIONS = 2
 
