@@ -14,8 +14,9 @@ Design points, each a lesson of AD:
   used: every result code but success (ldap3 does not raise
   sizeLimitExceeded or timeLimitExceeded) fails the search, paged or not.
 * **Range retrieval is ours**, not ldap3's ``auto_range``: AD hands out at
-  most MaxValRange (1,500 on Samba) values of ``member`` per read and marks
-  the rest as ``member;range=0-1499``.  ldap3's auto_range stops silently
+  most MaxValRange (1,500) values of ``member`` per read and marks the rest
+  as ``member;range=0-1499`` (Samba 4.17 returns every value unless a range
+  is asked for: ``LdapDirectory.member_window`` asks, for the tests).  ldap3's auto_range stops silently
   when a follow-up read fails, which would be a group with a truncated member
   list; a missing member is a revoked access, so here any failure raises.
   Follow-ups run after the paged search ends, never interleaved with it.
