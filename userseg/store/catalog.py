@@ -9,7 +9,7 @@ generation bump) so an idempotent `userseg apply` does not churn the gateway.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import suppress
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
 from userseg.config_schema import NAME_RE, NAME_RULE
-from userseg.model import Action, Application, Policy
+from userseg.model import Action, Application, Mapping, Policy
 from userseg.store import codec
 from userseg.store.codec import StoreError
 from userseg.store.schema import (
@@ -81,6 +81,16 @@ def audit(conn: Connection, *, now: datetime, actor: str, entity: str, name: str
             after=None if after is None else codec.dump(after),
         )
     )
+
+
+def audit_removed_mappings(
+    conn: Connection, removed: Iterable[Mapping], *, actor: str, now: datetime
+) -> None:
+    """One audit row per deleted mapping (its last state as `before`), for operator and directory removals."""
+    for m in removed:
+        audit(
+            conn, now=now, actor=actor, entity="mapping", name=str(m.ip), change=(codec.mapping_doc(m), None)
+        )
 
 
 def audit_rows(

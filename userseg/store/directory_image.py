@@ -22,7 +22,6 @@ from userseg.store.schema import (
     DirectoryObjectRow,
     DirectoryStateRow,
     DirectorySyncRow,
-    MappingRow,
 )
 
 CURSOR_KEY = "cursor"
@@ -324,18 +323,8 @@ def commit(
     # since a stale logon event may have mapped an account that was disabled long ago.
     lost = sorted(gone | {n for n in disabled if before.get(n) is False})
     revoke = sorted(gone | disabled)
-    removed: list[Mapping] = []
-    for i in range(0, len(revoke), 500):
-        removed += mappings.remove(conn, MappingRow.user_name.in_(revoke[i : i + 500]))
-    for m in removed:
-        catalog.audit(
-            conn,
-            now=now,
-            actor="directory",
-            entity="mapping",
-            name=str(m.ip),
-            change=(codec.mapping_doc(m), None),
-        )
+    removed = mappings.remove_of_users(conn, revoke)
+    catalog.audit_removed_mappings(conn, removed, actor="directory", now=now)
     record(
         conn,
         server,

@@ -70,6 +70,14 @@ def remove(conn: Connection, condition: ColumnElement[bool]) -> list[Mapping]:
     return gone
 
 
+def remove_of_users(conn: Connection, users: list[str]) -> list[Mapping]:
+    """Delete every mapping of these users (IN lists of _CHUNK names) and return them."""
+    gone: list[Mapping] = []
+    for i in range(0, len(users), _CHUNK):
+        gone += remove(conn, MappingRow.user_name.in_(users[i : i + _CHUNK]))
+    return gone
+
+
 def stored(row: dict[str, Any]) -> Mapping:
     """The mapping exactly as a read would return it after writing `row`."""
     return codec.mapping_from_row(*(row[c.key] for c in COLUMNS))

@@ -278,15 +278,7 @@ class Store:
         with self._tx(write=True) as conn:
             gone = mappings.remove(conn, condition)
             if audit_actor is not None and at is not None:
-                for m in gone:
-                    catalog.audit(
-                        conn,
-                        now=at,
-                        actor=audit_actor,
-                        entity="mapping",
-                        name=str(m.ip),
-                        change=(codec.mapping_doc(m), None),
-                    )
+                catalog.audit_removed_mappings(conn, gone, actor=audit_actor, now=at)
             if gone:
                 catalog.bump(conn)
         return gone
