@@ -21,12 +21,13 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from userseg import cli_directory
+from userseg import cli_directory, cli_ingest
 from userseg import cli_output as out
 from userseg.config import ConfigError, default_config_path, load_config
 from userseg.core.compile import CompileError
 from userseg.core.simulate import simulate
 from userseg.enforcer import Enforcer
+from userseg.events.service import IngestError
 from userseg.model import IPAddress, Mapping, ModelError, Proto, User, canonical, ip
 from userseg.ports import FirewallError
 from userseg.runtime import Runtime, open_runtime, reconcile_lock
@@ -123,7 +124,11 @@ def cmd_enforce(rt: Runtime, args: argparse.Namespace) -> int:
     """Foreground enforcer (userseg.enforcer): store changes, resync timer, directory sync."""
     logging.basicConfig(level=logging.INFO, format="userseg: %(name)s: %(message)s", stream=sys.stderr)
     enforcer = Enforcer(
-        rt, poll=args.poll, directory=not args.no_directory, say=lambda line: print(line, flush=True)
+        rt,
+        poll=args.poll,
+        directory=not args.no_directory,
+        ingest=not args.no_ingest,
+        say=lambda line: print(line, flush=True),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: enforcer.stop())
@@ -160,6 +165,8 @@ def cmd_map_del(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_mappings(rt: Runtime, args: argparse.Namespace) -> int:
+    if args.why:
+        return cli_ingest.cmd_why(rt, args.why, args.json)
     user = canonical(args.user) if args.user else None
     addr = _ip_arg(args.ip) if args.ip else None
     rows = rt.store.mappings(user=user, ip=addr, active_at=rt.clock.now())
@@ -310,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--poll", type=float, default=0.2, help="seconds between store change checks")
     e.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     e.add_argument("--no-directory", action="store_true", help="do not sync from AD even if configured")
+    e.add_argument("--no-ingest", action="store_true", help="do not run the login sources even if configured")
 
     mp = _Sub(
         sub.add_parser("map", help="manual user -> IP mappings").add_subparsers(
@@ -327,9 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--no-apply", action="store_true", help="only write the store")
         x.add_argument("--actor", default="cli", help=argparse.SUPPRESS)
 
-    m = sub.add_parser("mappings", help="list active mappings")
+    m = sub.add_parser("mappings", help="list active mappings (--why IP: provenance of one)")
     m.add_argument("--user")
     m.add_argument("--ip")
+    m.add_argument("--why", metavar="IP", help="where the mapping of IP came from and what it replaced")
     m.add_argument("--json", action="store_true")
 
     s = sub.add_parser("simulate", help="can USER or IP reach DEST[:PORT][/PROTO]?")
@@ -341,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
 
     cli_directory.add_parsers(sub)
+    cli_ingest.add_parsers(sub)
 
     d = _Sub(
         sub.add_parser("directory", help="directory data").add_subparsers(dest="dir_command", required=True),
@@ -360,12 +370,17 @@ COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
     "sync": lambda rt, args: cli_directory.cmd_sync(rt, args, _sync),
     "users": cli_directory.cmd_users,
     "groups": cli_directory.cmd_groups,
+    "ignore-suggestions": cli_ingest.cmd_ignore_suggestions,
 }
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return cmd_check_config(args)
+    if args.command == "test-parse":
+        return cli_ingest.cmd_test_parse(args)
+    if args.command == "token":
+        return cli_ingest.cmd_token_new(args)
     config = load_config(args.config)
     rt = open_runtime(config)
     try:
@@ -396,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FirewallError as exc:
         print(f"userseg: firewall refused the change (kernel unchanged): {exc}", file=sys.stderr)
         return 1
+    except IngestError as exc:
+        print(f"userseg: error: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `userseg users | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from userseg.config_directory import parse_directory
+from userseg.config_ingest import parse_ingest
 from userseg.config_schema import IFNAME_RE, Section, expand_service
 from userseg.directory.model import DirectorySettings
+from userseg.events.settings import IngestSettings
 from userseg.model import (
     Action,
     AddressRange,
@@ -65,6 +67,7 @@ class Config:
     applications: tuple[Application, ...]
     policies: tuple[Policy, ...]
     directory: DirectorySettings | None = None  # None: no AD sync (users come from `directory import`)
+    ingest: IngestSettings | None = None  # None: no login sources (mappings from the CLI only)
 
 
 def default_config_path() -> Path:
@@ -111,6 +114,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     policy.finish()
 
     directory = parse_directory(root.table("directory"))
+    ingest = parse_ingest(root.table("ingest"), default_ttl, gateway.client_networks)
     applications = _parse_applications(root.tables("applications"))
     policies = _parse_policies(root.tables("policies"))
     root.finish()
@@ -128,6 +132,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
         applications=applications,
         policies=policies,
         directory=directory,
+        ingest=ingest,
     )
 
 

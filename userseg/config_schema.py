@@ -216,6 +216,18 @@ class Section:
                 out.append((where, item))
         return out
 
+    def integers(self, key: str, low: int, high: int) -> list[int] | None:
+        """An array of integers within [low, high]; None when absent or wrong (error recorded)."""
+        value = self._get(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+        ):
+            self.error(key, f"must be an array of integers between {low} and {high}, got {describe(value)}")
+            return None
+        return list(value)
+
     def is_empty(self, key: str) -> bool:
         """True when `key` is absent or an empty array (without marking it used)."""
         value = self._data.get(key)

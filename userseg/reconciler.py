@@ -79,6 +79,12 @@ class Reconciler:
         self.desired: DesiredState | None = None
         self.dirty = True
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every kernel write; a caller that must read its snapshot and sync it
+        without a fast-path change slipping in between holds it around both."""
+        return self._lock
+
     # ------------------------------------------------------------ full sync
 
     def plan(self, snapshot: Snapshot) -> Plan:
@@ -133,36 +139,80 @@ class Reconciler:
                 return False
             return self._change(ip, None)
 
-    def _change(self, ip: IPAddress, target: MapTarget | None) -> bool:
+    def set_mappings(self, changes: Iterable[tuple[IPAddress, tuple[str, datetime] | None]]) -> bool:
+        """Apply many mapping changes (ip -> (user, expires_at), or None to unmap) as ONE
+        transaction: the login pipeline hands over a whole batch, and every element
+        transaction on a verdict map costs the kernel a validation pass over the table.
+
+        Returns False, changing nothing, if any change needs a full sync (no desired
+        state yet, dirty, or a user without an instantiated class).
+        """
+        with self._lock:
+            desired = self.desired
+            if desired is None or self.dirty:
+                return False
+            targets: dict[IPAddress, MapTarget | None] = {}
+            for ip, change in changes:
+                if change is None:
+                    targets[ip] = None
+                    continue
+                user, expires_at = change
+                cname = desired.user_class.get(user)
+                if cname is None:
+                    return False
+                targets[ip] = MapTarget(user, cname, expires_at)
+            return self._change_many(targets)
+
+    def _change_many(self, targets: dict[IPAddress, MapTarget | None]) -> bool:
         assert self.desired is not None
-        now = self._clock.now()
-        # After a successful sync the kernel holds exactly the desired mappings,
-        # so the element it has for this IP is derived from them.
         mappings = self.desired.mappings
-        assert isinstance(mappings, dict)  # owned by this reconciler; updated in place below
-        current = mappings.get(ip)
-        old = _element(ip, current) if current else None
-        new = _element(ip, target) if target else None
-        if old == new:
-            return True
-        name, kind = USER_MAP[ip.version], VMAP_KIND[ip.version]
+        assert isinstance(mappings, dict)
+        deletes: dict[int, list[MapElement]] = {4: [], 6: []}
+        adds: dict[int, list[MapElement]] = {4: [], 6: []}
+        cut: list[IPAddress] = []
+        now = self._clock.now()
+        for ip, target in targets.items():
+            current = mappings.get(ip)
+            if current is not None and current.expires_at <= now:
+                current = None  # the kernel timed the element out: deleting it would fail (ENOENT)
+            old = _element(ip, current) if current else None
+            new = _element(ip, target) if target else None
+            if old == new:
+                continue
+            if old is not None:
+                deletes[ip.version].append(old)
+                if new is None or new.target != old.target:
+                    cut.append(ip)
+            if new is not None:
+                adds[ip.version].append(new)
         ops: list[AddElements | DeleteElements] = []
-        if old is not None:
-            ops.append(DeleteElements(name, kind, (old,)))
-        if new is not None:
-            ops.append(AddElements(name, kind, (new,)))
+        for version in (4, 6):
+            if deletes[version]:
+                ops.append(DeleteElements(USER_MAP[version], VMAP_KIND[version], tuple(deletes[version])))
+        for version in (4, 6):
+            if adds[version]:
+                ops.append(AddElements(USER_MAP[version], VMAP_KIND[version], tuple(adds[version])))
+        if not ops:
+            for ip, target in targets.items():
+                if target is None:
+                    mappings.pop(ip, None)
+            return True
         try:
             self._fw.apply(Plan(now=now, main=tuple(ops)))
         except Exception:
             self.dirty = True
             raise
-        if target is None:
-            mappings.pop(ip, None)
-        else:
-            mappings[ip] = target
-        if old is not None and (new is None or new.target != old.target):
-            self._cut_forbidden([ip])
+        for ip, target in targets.items():
+            if target is None:
+                mappings.pop(ip, None)
+            else:
+                mappings[ip] = target
+        if cut:
+            self._cut_forbidden(cut)
         return True
+
+    def _change(self, ip: IPAddress, target: MapTarget | None) -> bool:
+        return self._change_many({ip: target})
 
     # ------------------------------------------------------------ revocation
 

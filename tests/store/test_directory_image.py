@@ -434,7 +434,7 @@ def test_upgrade_from_0001_with_data_keeps_it(db_path: Path) -> None:
         with pytest.raises(StoreError, match="schema revision 0001"):
             store.users()
         store.upgrade()
-        assert store.current_revision() == "0002"
+        assert store.current_revision() == "0003"
         assert store.users() == {"alice": User("alice", "Alice", False, frozenset({"finance"}))}
         assert [(str(m.ip), m.user) for m in store.mappings()] == [("10.0.0.1", "alice")]
         assert store.generation() == 41

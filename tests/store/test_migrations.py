@@ -30,6 +30,9 @@ EXPECTED_TABLES = {
     "meta",
     "directory_objects",
     "directory_state",
+    "source_state",
+    "shared_addresses",
+    "account_sightings",
     "directory_sync",
 }
 
@@ -68,11 +71,12 @@ def test_upgrade_on_empty_database_creates_schema_at_head(tmp_path: Path) -> Non
         "ix_policies_application",
         "ix_audit_log_at",
         "ix_audit_log_entity_name",
+        "ix_account_sightings_last_seen",
     }
-    assert store.current_revision() == head_revision() == "0002"
+    assert store.current_revision() == head_revision() == "0003"
     assert store.generation() == 0
     store.upgrade()  # idempotent
-    assert store.current_revision() == "0002"
+    assert store.current_revision() == "0003"
     store.close()
 
 
@@ -106,7 +110,7 @@ def test_outdated_revision_is_reported(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with pytest.raises(
-        StoreError, match=r"has schema revision 0000, this userseg needs 0002; run `userseg db"
+        StoreError, match=r"has schema revision 0000, this userseg needs 0003; run `userseg db"
     ):
         Store(f"sqlite:///{db}").policies()
 
@@ -135,7 +139,7 @@ def test_alembic_command_line_with_x_url_from_any_directory(tmp_path: Path) -> N
     up = alembic("-x", f"url=sqlite:///{db}", "upgrade", "head")
     assert up.returncode == 0, up.stderr
     assert tables(db) == EXPECTED_TABLES
-    assert Store(f"sqlite:///{db}").current_revision() == "0002"
+    assert Store(f"sqlite:///{db}").current_revision() == "0003"
 
     missing = alembic("upgrade", "head")
     assert missing.returncode != 0

@@ -99,7 +99,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
 # The newest migration's revision.  Checked on every store open without importing
 # Alembic (half a second of start-up for every CLI call); a test keeps it equal to
 # the head of the packaged migrations.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def alembic_config(connection: Connection | None = None) -> Any:

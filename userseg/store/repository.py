@@ -24,9 +24,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from userseg.core.ingest import SharedMark
 from userseg.directory.model import DirectoryImage, SyncCursor
 from userseg.model import Action, Application, Group, IPAddress, Mapping, Policy, User, canonical
-from userseg.store import catalog, codec, directory, directory_image, mappings
+from userseg.store import catalog, codec, directory, directory_image, ingest, mappings
 from userseg.store.codec import StoreError, utc
 from userseg.store.directory_image import DirectoryBase, DirectoryCommit, DirectorySyncStatus
 from userseg.store.engine import (
@@ -304,6 +305,35 @@ class Store:
     def purge_expired(self, now: datetime) -> list[Mapping]:
         """Delete mappings with expires_at <= now; returns them so the caller can log and revoke."""
         return self._remove(MappingRow.expires_at <= utc(now, "now"), None, None)
+
+    # --- login ingestion ------------------------------------------------------------
+
+    def commit_ingest(self, batch: ingest.IngestBatch, now: datetime, *, bump: bool = False) -> None:
+        """One pipeline batch in one transaction.  No generation bump by default: the
+        pipeline has applied its changes to the kernel itself, and a bump would make
+        the enforcer recompile everything for every login."""
+        if batch.is_empty():
+            return
+        with _gc_paused(), self._tx(write=True) as conn:
+            ingest.commit(conn, batch, utc(now, "now"))
+            if bump:
+                catalog.bump(conn)
+
+    def source_states(self) -> dict[str, ingest.SourceState]:
+        with self._tx() as conn:
+            return ingest.source_states(conn)
+
+    def shared_marks(self) -> list[SharedMark]:
+        with self._tx() as conn:
+            return ingest.shared_marks(conn)
+
+    def sightings_since(self, since: datetime) -> list[ingest.Sighting]:
+        with self._tx() as conn:
+            return ingest.sightings_since(conn, utc(since, "since"))
+
+    def prune_sightings(self, before: datetime) -> int:
+        with self._tx(write=True) as conn:
+            return ingest.prune_sightings(conn, utc(before, "before"))
 
     # --- applications, policies, settings ---------------------------------------
 

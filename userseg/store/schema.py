@@ -268,3 +268,40 @@ class DirectorySyncRow(Base):
     users: Mapped[int] = mapped_column(Integer, default=0)
     groups: Mapped[int] = mapped_column(Integer, default=0)
     milliseconds: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SourceStateRow(Base):
+    """Per login source: the persisted read position (committed with the mappings it led
+    to, so a restart neither replays nor skips) and counters that `status` shows."""
+
+    __tablename__ = "source_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[str | None] = mapped_column(Text, nullable=True)  # opaque, source-defined
+    last_event_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    counters: Mapped[str] = mapped_column(Text, default="{}")  # JSON object name -> int
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SharedAddressRow(Base):
+    """An IP that saw too many different users recently: it keeps no user-specific access."""
+
+    __tablename__ = "shared_addresses"
+
+    ip: Mapped[str] = mapped_column(String(45), primary_key=True)
+    users: Mapped[str] = mapped_column(Text)  # JSON list of canonical user names
+    since: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SightingRow(Base):
+    """Which accounts logged on from which IPs: the data behind `userseg ignore-suggestions`
+    (a service account shows up on many machines)."""
+
+    __tablename__ = "account_sightings"
+
+    user_name: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(45), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,296 @@
+"""The ingest pipeline: sources -> bounded queue -> mapping book -> store + kernel.
+
+One worker thread owns the book (no locks on the hot path) and handles events
+in batches: everything queued when it wakes, up to `batch_max`.  For each batch
+it (1) lets the book decide, (2) commits mappings, shared marks, sightings and
+the sources' read positions in ONE store transaction, then (3) writes the
+kernel changes as ONE element transaction through the reconciler's fast path.
+
+Store before kernel: a full sync that starts after the commit sees the
+mapping, and the enforcer reads its snapshot under the reconciler's lock, so
+a fast-path write can never be undone by a full sync working from an older
+snapshot.  A crash between (2) and (3) loses nothing: the restart's full sync
+programs what the store holds.  Positions are committed with the mappings
+derived from the lines before them, so a restart neither replays nor skips.
+
+Back-pressure: a full queue blocks sources that can wait (a file, TCP) and
+drops, counted, for those that cannot (UDP; HTTP answers 503).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from userseg.core.ingest import Ignored, MappingBook, MarkShared, Remove, Unshare, Upsert
+from userseg.events.model import EventKind, LoginEvent, ParseResult, Rejected, Skipped
+from userseg.model import IPAddress
+from userseg.ports import Clock
+from userseg.store import Store
+from userseg.store.ingest import IngestBatch
+
+log = logging.getLogger("userseg.ingest")
+
+# Categories decided without state: such an event says nothing about who uses the IP.
+STATELESS_IGNORES = frozenset(
+    {"failure", "no_user", "ignored_user", "logon_type", "network", "no_address", "stale"}
+)
+SIGHTINGS_KEEP = timedelta(days=7)
+
+
+class KernelMappings(Protocol):
+    """The reconciler's fast path (Reconciler.set_mappings)."""
+
+    def set_mappings(self, changes: Iterable[tuple[IPAddress, tuple[str, datetime] | None]]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _Reload:
+    done: threading.Event
+
+
+@dataclass(frozen=True)
+class _Flush:
+    done: threading.Event
+
+
+_Item = tuple[str, ParseResult, str | None] | _Reload | _Flush
+
+
+class IngestPipeline:
+    """Implements events.model.Sink; start() it, hand it to the sources, stop() it last."""
+
+    def __init__(
+        self,
+        store: Store,
+        book: MappingBook,
+        kernel: KernelMappings | None,
+        clock: Clock,
+        *,
+        queue_size: int = 100_000,
+        batch_max: int = 2_000,
+        housekeeping_interval: float = 1.0,
+        on_full_sync_needed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.book = book
+        self.kernel = kernel
+        self.clock = clock
+        self.batch_max = batch_max
+        self.housekeeping_interval = housekeeping_interval
+        self.on_full_sync_needed = on_full_sync_needed
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._counters: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._counters_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._reject_log: dict[str, tuple[float, int]] = {}
+        self.processed = 0  # items handled (for tests and metrics)
+        self.batches = 0
+        self.last_error: str | None = None
+        self._last_housekeeping = 0.0
+
+    # ------------------------------------------------------------------ Sink
+
+    def emit(
+        self, source: str, result: ParseResult, position: str | None = None, *, block: bool = True
+    ) -> bool:
+        try:
+            self._queue.put((source, result, position), block=block)
+        except queue.Full:
+            with self._counters_lock:
+                self._counters[source]["dropped"] += 1
+            return False
+        return True
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="userseg-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Handle everything already queued, commit it, then stop."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("ingest worker did not stop within %.0f s; %d items left", timeout, self._queue.qsize())
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued before this call is committed and applied."""
+        done = threading.Event()
+        self._queue.put(_Flush(done))
+        return done.wait(timeout)
+
+    def reload(self, timeout: float | None = None) -> bool:
+        """Re-read the mappings from the store (someone else changed them: the CLI, a
+        directory commit that removed a disabled account's mappings)."""
+        done = threading.Event()
+        self._queue.put(_Reload(done))
+        return done.wait(timeout) if timeout is not None else True
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        with self._counters_lock:
+            return {s: dict(c) for s, c in self._counters.items()}
+
+    # ------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self.housekeeping_interval)
+            except queue.Empty:
+                first = _Flush(threading.Event())  # idle: housekeeping only
+            items: list[tuple[str, ParseResult, str | None]] = []
+            controls: list[_Reload | _Flush] = []
+            item: _Item | None = first
+            while True:
+                if item is None:
+                    stopping = True
+                elif isinstance(item, _Reload | _Flush):
+                    controls.append(item)
+                    if isinstance(item, _Reload):
+                        break  # events after a reload must see the reloaded book
+                else:
+                    items.append(item)
+                if stopping or len(items) >= self.batch_max:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._handle(items)
+                self._housekeeping(force=bool(controls))
+                for c in controls:
+                    if isinstance(c, _Reload):
+                        self._reload()
+            except Exception as exc:  # never let one bad batch kill ingestion
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("ingest batch of %d items failed", len(items))
+            for c in controls:
+                c.done.set()
+
+    def _handle(self, items: list[tuple[str, ParseResult, str | None]]) -> None:
+        if not items:
+            return
+        now = self.clock.now()
+        batch = IngestBatch()
+        kernel: dict[IPAddress, tuple[str, datetime] | None] = {}
+        touched: set[str] = set()
+        with self._counters_lock:
+            for source, result, position in items:
+                touched.add(source)
+                c = self._counters[source]
+                c["received"] += 1
+                if position is not None:
+                    batch.positions[source] = position
+                if isinstance(result, LoginEvent):
+                    self._event(result, now, batch, kernel, c)
+                elif isinstance(result, Rejected):
+                    c["rejected"] += 1
+                    self._log_reject(source, result.reason)
+                elif isinstance(result, Skipped):
+                    c["skipped"] += 1
+            for source in touched:
+                batch.counters[source] = dict(self._counters[source])
+        self.store.commit_ingest(batch, now)
+        self.processed += len(items)
+        self.batches += 1
+        self._apply_kernel(kernel)
+
+    def _event(
+        self,
+        ev: LoginEvent,
+        now: datetime,
+        batch: IngestBatch,
+        kernel: dict[IPAddress, tuple[str, datetime] | None],
+        c: defaultdict[str, int],
+    ) -> None:
+        c["events"] += 1
+        last = batch.last_event_at.get(ev.source)
+        if last is None or ev.time > last:
+            batch.last_event_at[ev.source] = ev.time
+        seen = ev.kind is EventKind.LOGON
+        for effect in self.book.apply(ev, now):
+            if isinstance(effect, Upsert):
+                m = effect.mapping
+                batch.upsert(m)
+                if effect.kernel:
+                    kernel[m.ip] = (m.user, m.expires_at)
+                c["duplicate" if effect.duplicate else "replaced" if effect.replaced else "mapped"] += 1
+            elif isinstance(effect, Remove):
+                batch.remove(effect.mapping)
+                kernel[effect.mapping.ip] = None
+                c[f"removed_{effect.reason}"] += 1
+            elif isinstance(effect, MarkShared):
+                batch.mark_shared(effect.mark)
+                c["shared"] += 1
+            elif isinstance(effect, Unshare):
+                batch.unshare(effect.ip)
+            elif isinstance(effect, Ignored):
+                c["ignored"] += 1
+                c[f"ignored_{effect.category}"] += 1
+                if effect.category in STATELESS_IGNORES:
+                    seen = False
+        if seen and ev.ip is not None:
+            batch.sighting(ev.user.lower(), ev.ip, ev.time)
+
+    def _apply_kernel(self, changes: dict[IPAddress, tuple[str, datetime] | None]) -> None:
+        if not changes or self.kernel is None:
+            return
+        try:
+            fast = self.kernel.set_mappings(changes.items())
+        except Exception as exc:  # FirewallError: the reconciler is dirty now; a full sync repairs
+            log.warning("fast-path apply of %d mapping change(s) failed: %s", len(changes), exc)
+            fast = False
+        if not fast:
+            self.on_full_sync_needed()
+
+    def _housekeeping(self, *, force: bool = False) -> None:
+        mono = time.monotonic()
+        if not force and mono - self._last_housekeeping < self.housekeeping_interval:
+            return
+        self._last_housekeeping = mono
+        now = self.clock.now()
+        batch = IngestBatch()
+        forget: dict[IPAddress, tuple[str, datetime] | None] = {}
+        for effect in self.book.expire(now):
+            if isinstance(effect, Remove):
+                batch.remove(effect.mapping)
+                forget[effect.mapping.ip] = None  # the kernel timed it out; the reconciler forgets it
+            else:
+                batch.unshare(effect.ip)
+        self.store.commit_ingest(batch, now)
+        self._apply_kernel(forget)
+
+    def _reload(self) -> None:
+        now = self.clock.now()
+        self.book.resync(self.store.mappings(active_at=now), self.store.shared_marks())
+
+    def _log_reject(self, source: str, reason: str) -> None:
+        """First rejection of a source at once, then at most one summary per 10 s."""
+        mono = time.monotonic()
+        last, suppressed = self._reject_log.get(source, (0.0, 0))
+        if mono - last >= 10.0:
+            extra = f" ({suppressed} more since the last report)" if suppressed else ""
+            log.warning("source %s: rejected input: %s%s", source, reason, extra)
+            self._reject_log[source] = (mono, 0)
+        else:
+            self._reject_log[source] = (last, suppressed + 1)
