@@ -158,3 +158,36 @@ def test_the_example_config_documents_every_format() -> None:
     from userseg.events.formats import FORMATS
 
     assert set(FORMATS) == set(FORMAT_NAMES)
+
+
+def test_the_directory_bind_account_is_always_ignored(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    s = load(
+        tmp_path,
+        f"""
+[directory]
+servers = ["ldaps://dc1.lab.example"]
+bind_user = "LAB\\\\svc-userseg"
+password_file = "{secret}"
+base_dn = "DC=lab,DC=example"
+[ingest]
+ignore_users = ["krbtgt"]
+[[ingest.sources]]
+name = "dc1"
+type = "samba-log"
+""",
+    )
+    assert s.sources[0].rules.ignore_users == ("krbtgt", "svc-userseg")
+    assert s.rules.default.ignore_users == ("krbtgt", "svc-userseg")
+
+
+@pytest.mark.parametrize(
+    ("bind", "account"),
+    [("LAB\\svc", "svc"), ("svc@lab.example", "svc"), ("CN=svc,OU=x,DC=lab", "svc"), ("svc", "svc")],
+)
+def test_bind_account_forms(bind: str, account: str) -> None:
+    from userseg.config_ingest import bind_account
+
+    assert bind_account(bind) == account

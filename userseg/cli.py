@@ -226,14 +226,16 @@ def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
         "default_action": snap.default_action.value,
     }
     directory = cli_directory.directory_status(rt)
+    ingest = cli_ingest.ingest_status(rt)
     if args.json:
-        out.emit_json({**info, "directory": directory})
+        out.emit_json({**info, "directory": directory, "ingest": ingest})
     else:
         width = max(len(k) for k in info)
         for k, v in info.items():
             print(f"{k.replace('_', ' '):{width}}  {v}")
         if directory is not None:
             _print_directory_status(directory)
+        cli_ingest.print_ingest_status(ingest)
     return 0 if plan.is_empty else 3
 
 

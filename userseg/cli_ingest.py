@@ -130,6 +130,46 @@ def _event_line(p: dict[str, str]) -> str:
     return " ".join(x for x in parts if x)
 
 
+# ---------------------------------------------------------------- status
+
+
+def ingest_status(rt: Runtime) -> dict[str, Any]:
+    """Per source: when it last delivered an event and its counters (as last committed)."""
+    configured = {s.name: s for s in rt.config.ingest.sources} if rt.config.ingest else {}
+    states = rt.store.source_states()
+    now = rt.clock.now()
+    out: dict[str, Any] = {}
+    for name in sorted(set(configured) | set(states)):
+        st = states.get(name)
+        src = configured.get(name)
+        last = st.last_event_at if st else None
+        out[name] = {
+            "type": src.kind.value if src else None,
+            "configured": src is not None,
+            "last_event_at": last.isoformat() if last else None,
+            "last_event_age_seconds": round((now - last).total_seconds(), 1) if last else None,
+            "updated_at": st.updated_at.isoformat() if st else None,
+            "counters": st.counters if st else {},
+        }
+    return out
+
+
+def print_ingest_status(ingest: dict[str, Any]) -> None:
+    for name, s in ingest.items():
+        c = s["counters"]
+        age = (
+            "no event yet"
+            if s["last_event_age_seconds"] is None
+            else f"last event {s['last_event_age_seconds']:g} s ago"
+        )
+        gone = "" if s["configured"] else " (no longer configured)"
+        print(
+            f"source {name} ({s['type'] or '?'}){gone}: {age}; received {c.get('received', 0)}, "
+            f"mapped {c.get('mapped', 0) + c.get('replaced', 0)}, ignored {c.get('ignored', 0)}, "
+            f"rejected {c.get('rejected', 0)}, dropped {c.get('dropped', 0)}"
+        )
+
+
 # ---------------------------------------------------------------- test-parse
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from userseg.config_directory import parse_directory
-from userseg.config_ingest import parse_ingest
+from userseg.config_ingest import bind_account, parse_ingest
 from userseg.config_schema import IFNAME_RE, Section, expand_service
 from userseg.directory.model import DirectorySettings
 from userseg.events.settings import IngestSettings
@@ -114,7 +114,10 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     policy.finish()
 
     directory = parse_directory(root.table("directory"))
-    ingest = parse_ingest(root.table("ingest"), default_ttl, gateway.client_networks)
+    bind = bind_account(directory.bind_user) if directory is not None else None
+    ingest = parse_ingest(
+        root.table("ingest"), default_ttl, gateway.client_networks, (bind,) if bind else ()
+    )
     applications = _parse_applications(root.tables("applications"))
     policies = _parse_policies(root.tables("policies"))
     root.finish()

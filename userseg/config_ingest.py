@@ -10,6 +10,7 @@ svc-*", without restating the built-in `*$` and friends).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,12 +33,20 @@ TOKEN_HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def parse_ingest(
-    sec: Section, default_ttl: int, gateway_networks: tuple[AddressRange, ...]
+    sec: Section,
+    default_ttl: int,
+    gateway_networks: tuple[AddressRange, ...],
+    always_ignore: tuple[str, ...] = (),
 ) -> IngestSettings | None:
-    """None when the section is absent (no sources: mappings come from the CLI/API only)."""
+    """None when the section is absent (no sources: mappings come from the CLI/API only).
+
+    `always_ignore` (the directory's bind account) is added to every source's
+    ignore list: userseg's own LDAP binds must never map the gateway's address.
+    """
     if not sec.has_any():
         return None
     base = _rules(sec, SourceRules("default", ttl=default_ttl, include_networks=gateway_networks))
+    base = replace(base, ignore_users=_merge(base.ignore_users, always_ignore))
     shared_threshold = sec.integer("shared_threshold", 3, 2, 1000)
     shared_window = sec.integer("shared_window", 600, 10, 86400)
     dedupe_window = sec.integer("dedupe_window", 2, 0, 60)
@@ -51,7 +60,8 @@ def parse_ingest(
     for entry in sec.tables("sources"):
         source = _source(entry, base, seen)
         if source is not None:
-            sources.append(source)
+            merged = _merge(source.rules.ignore_users, always_ignore)
+            sources.append(replace(source, rules=replace(source.rules, ignore_users=merged)))
     if any(s.kind is SourceKind.HTTP for s in sources) and api is None:
         sec.error("api", "an http source needs [ingest.api] (where the push API listens)")
     sec.finish()
@@ -65,6 +75,24 @@ def parse_ingest(
         default=base,
     )
     return IngestSettings(rules=rules, sources=tuple(sources), api=api, queue_size=queue_size)
+
+
+def _merge(globs: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    return globs + tuple(g for g in extra if g not in globs)
+
+
+def bind_account(bind_user: str) -> str | None:
+    """The account name in a bind user written as DOMAIN\\name, name@realm or a DN
+    (for a DN this is the CN, which matches only when CN and sAMAccountName agree)."""
+    text = bind_user.strip()
+    if "\\" in text:
+        return text.rsplit("\\", 1)[1] or None
+    if "=" in text and "," in text:
+        first = text.split(",", 1)[0]
+        return first.split("=", 1)[1].strip() or None
+    if "@" in text:
+        return text.split("@", 1)[0] or None
+    return text or None
 
 
 def _rules(sec: Section, base: SourceRules, name: str | None = None) -> SourceRules:

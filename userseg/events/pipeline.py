@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -78,7 +78,9 @@ class IngestPipeline:
         batch_max: int = 2_000,
         housekeeping_interval: float = 1.0,
         on_full_sync_needed: Callable[[], None] = lambda: None,
+        counters: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
+        """`counters`: the totals persisted by the previous run, so they keep counting."""
         self.store = store
         self.book = book
         self.kernel = kernel
@@ -89,6 +91,8 @@ class IngestPipeline:
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._counters: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._counters_lock = threading.Lock()
+        for source, values in (counters or {}).items():
+            self._counters[source].update(values)
         self._thread: threading.Thread | None = None
         self._reject_log: dict[str, tuple[float, int]] = {}
         self.processed = 0  # items handled (for tests and metrics)

@@ -61,6 +61,7 @@ class IngestService:
         self.netns = netns
         now = clock.now()
         book = MappingBook(settings.rules, store.mappings(active_at=now), store.shared_marks())
+        self._states = store.source_states()
         self.pipeline = IngestPipeline(
             store,
             book,
@@ -68,6 +69,7 @@ class IngestService:
             clock,
             queue_size=settings.queue_size,
             on_full_sync_needed=on_full_sync_needed,
+            counters={name: st.counters for name, st in self._states.items()},
         )
         self._sources: list[tuple[SourceSettings, _Source]] = []
         self._api: Any = None
@@ -78,7 +80,7 @@ class IngestService:
         """Start the pipeline, then every source; on any failure stop what started and raise."""
         self.pipeline.start()
         try:
-            positions = {name: s.position for name, s in self.store.source_states().items()}
+            positions = {name: s.position for name, s in self._states.items()}
             worker = NetnsWorker(self.netns, thread_name="userseg-ingest-bind") if self.netns else None
             try:
                 for settings in self.settings.sources:
@@ -179,8 +181,7 @@ class IngestService:
             allowed_senders=senders or None,
         )
         app = make_push_app(blueprint, max_body=api.max_body)
-        tls = (api.tls.cert, api.tls.key) if api.tls is not None else None
-        return ApiServer(app, api.host, api.port, tls=tls)
+        return ApiServer(app, api.host, api.port, tls=api.tls)
 
     # ------------------------------------------------------------------ status
 
