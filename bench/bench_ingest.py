@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -119,7 +118,8 @@ name = "app"
 destinations = ["198.18.20.30"]
 services = ["tcp/443"]
 """ + "".join(
-            f'[[policies]]\nname = "p{g}"\nsubjects = ["group:bg{g}"]\napplication = "app"\naction = "allow"\n'
+            f'[[policies]]\nname = "p{g}"\nsubjects = ["group:bg{g}"]\n'
+            'application = "app"\naction = "allow"\n'
             for g in range(0, GROUPS, 2)
         ))
         self.userseg("db", "upgrade")
@@ -138,10 +138,9 @@ services = ["tcp/443"]
 
     def preload(self, count: int) -> None:
         now = datetime.now(UTC)
-        ms = [
-            Mapping(client_ip(100_000 + i), user_of(i, self.args.users), "preload", now, now, now + timedelta(hours=2))
-            for i in range(count)
-        ]
+        until = now + timedelta(hours=2)
+        users = self.args.users
+        ms = [Mapping(client_ip(100_000 + i), user_of(i, users), "b", now, now, until) for i in range(count)]
         with Store(f"sqlite:///{self.tmp}/userseg.db") as store:
             store.put_mappings(ms)
 
@@ -204,9 +203,17 @@ def events(n: int, pool: int, users: int, offset: int = 0) -> list[tuple[str, st
     return [(user_of(i % pool, users), str(client_ip(offset + i % pool))) for i in range(n)]
 
 
+def timed_lines(b: Bench, n: int, offset: int) -> str:
+    """Events 1 ms apart ending now: later ones refresh the mappings the first pass made."""
+    start = datetime.now(UTC) - timedelta(milliseconds=n)
+    return "".join(
+        samba_line(u, a, start + timedelta(milliseconds=i), i)
+        for i, (u, a) in enumerate(events(n, b.args.pool, b.args.users, offset))
+    )
+
+
 def rate_samba(b: Bench, n: int, offset: int) -> None:
-    now = datetime.now(UTC)
-    data = "".join(samba_line(u, a, now, i) for i, (u, a) in enumerate(events(n, b.args.pool, b.args.users, offset)))
+    data = timed_lines(b, n, offset)
     cpu0 = b.cpu_seconds()
     t0 = time.monotonic()
     with b.log.open("a") as f:
@@ -243,16 +250,14 @@ else:
 
 
 def rate_syslog(b: Bench, kind: str, port: int, n: int, offset: int, pace: float = 0) -> None:
-    now = datetime.now(UTC)
     path = b.tmp / f"{kind}.lines"
-    path.write_text(
-        "".join(samba_line(u, a, now, i) for i, (u, a) in enumerate(events(n, b.args.pool, b.args.users, offset)))
-    )
+    path.write_text(timed_lines(b, n, offset))
     cpu0 = b.cpu_seconds()
     t0 = time.monotonic()
     sender = subprocess.Popen(
-        ["ip", "netns", "exec", b.lab.gateway_ns, PY, "-c", SENDER, kind, "127.0.0.1", str(port), str(path), str(pace)]
-    )
+        ["ip", "netns", "exec", b.lab.gateway_ns, PY, "-c", SENDER, kind, "127.0.0.1", str(port),
+         str(path), str(pace)]
+    )  # fmt: skip
     try:
         if kind == "udp":
             sender.wait(600)
@@ -260,10 +265,11 @@ def rate_syslog(b: Bench, kind: str, port: int, n: int, offset: int, pace: float
             c, _ = b.counters(kind)
             took = time.monotonic() - t0 - 1.0
             got = c.get("received", 0)
+            dropped = c.get("dropped", 0)
             print(
                 f"  syslog udp, sender paced at {pace or 'max'} msg/s: {got:,} of {n:,} received, "
-                f"{c.get('dropped', 0):,} dropped by the queue, {n - got - c.get('dropped', 0):,} lost in the "
-                f"socket; {got / took:,.0f} events/s over {took:.1f} s"
+                f"{dropped:,} dropped by the queue, {n - got - dropped:,} lost in the socket; "
+                f"{got / took:,.0f} events/s over {took:.1f} s"
             )
             return
         took = b.wait_received(kind, n)
@@ -280,7 +286,8 @@ conn = http.client.HTTPConnection('127.0.0.1', 18443)
 for i in range(0, len(rows), batch):
     body = json.dumps({'events': [{'user': u, 'ip': a} for u, a in rows[i:i + batch]]})
     while True:
-        conn.request('POST', '/api/v1/events', body, {'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'})
+        headers = {'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'}
+        conn.request('POST', '/api/v1/events', body, headers)
         r = conn.getresponse(); r.read()
         if r.status == 202: break
         if r.status != 503: raise SystemExit(f'HTTP {r.status}')
@@ -307,7 +314,7 @@ def report(name: str, n: int, took: float, cpu: float, c: dict[str, int]) -> Non
     print(
         f"  {name}: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s "
         f"(userseg CPU {cpu:.1f} s = {cpu / took:.2f} cores; mapped {c.get('mapped', 0):,}, "
-        f"refreshed/duplicate {c.get('duplicate', 0) + (c.get('events', 0) - c.get('mapped', 0) - c.get('duplicate', 0) - c.get('ignored', 0)):,}, "
+        f"refreshed {c.get('refreshed', 0):,}, duplicate {c.get('duplicate', 0):,}, "
         f"ignored {c.get('ignored', 0):,}, dropped {c.get('dropped', 0):,})"
     )
 
@@ -320,7 +327,8 @@ sys.path.insert(0, sys.argv[1])
 from bench.bench_ingest import samba_line, user_of
 from bench.world import client_ip
 from datetime import datetime, UTC
-log, rate, seconds, kind, users, pool, first = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+log, rate, seconds, kind = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+users, pool, first = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 out = open(sys.argv[9], 'w') if kind == 'probe' else None
 f = open(log, 'a', buffering=1)
 t0 = time.monotonic(); i = 0

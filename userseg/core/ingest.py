@@ -50,6 +50,7 @@ class Upsert:
     replaced: Mapping | None  # another user's mapping this one overwrote
     kernel: bool  # the kernel element must be (re)written: new user, or the timeout gained enough
     duplicate: bool = False  # a repeat of the same logon within the dedupe window
+    refresh: bool = False  # the same user again on this IP (not a new mapping)
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,9 @@ class MappingBook:
         if ip in self.shared:
             return [*effects, Ignored("shared", f"{ip} is shared ({', '.join(self.shared[ip].users)})")]
         expires = t + timedelta(seconds=ttl)
-        provenance = _provenance(event)
         if current is not None and current.user == user:
-            return [*effects, self._refresh(current, event, expires, provenance)]
+            return [*effects, self._refresh(current, event, expires)]
+        provenance = _provenance(event)
         if current is not None:
             provenance = {**provenance, "replaced": _describe(current)}
         mapping = Mapping(ip, user, event.source, t, t, expires, provenance)
@@ -188,36 +189,51 @@ class MappingBook:
         heapq.heappush(self._expiries, (expires, ip.version, int(ip), ip))
         return [*effects, Upsert(mapping, current, True)]
 
-    def _refresh(
-        self, current: Mapping, event: LoginEvent, expires: datetime, provenance: dict[str, str]
-    ) -> Effect:
+    def _refresh(self, current: Mapping, event: LoginEvent, expires: datetime) -> Effect:
         """Same user again: move last_seen; move the expiry only in steps of kernel_refresh.
 
         The mapping's expiry is exactly the kernel element's timeout (the reconciler's
         diff compares them), so re-arming it costs a kernel write; a storm of refreshes
         therefore touches only the store until the expiry would gain a whole step.
+        The provenance names the event that made or last extended the mapping.
         """
         t = event.time
-        duplicate = abs((t - current.last_seen).total_seconds()) <= self.rules.dedupe_window
+        last_seen = current.last_seen
+        duplicate = abs((t - last_seen).total_seconds()) <= self.rules.dedupe_window
         gain = expires - current.expires_at >= timedelta(seconds=self.rules.kernel_refresh)
-        if t <= current.last_seen and not gain:
+        if t <= last_seen and not gain:
             return Ignored("duplicate" if duplicate else "older", "nothing newer than the mapping")
-        newest = t >= current.last_seen
-        mapping = replace(
-            current,
-            last_seen=max(t, current.last_seen),
-            expires_at=expires if gain else current.expires_at,
-            source=event.source if newest else current.source,
-            provenance=_keep_replaced(current, provenance) if newest else current.provenance,
-        )
-        self.mappings[current.ip] = mapping
         if gain:
-            m = mapping
-            heapq.heappush(self._expiries, (m.expires_at, m.ip.version, int(m.ip), m.ip))
-        return Upsert(mapping, None, gain, duplicate)
+            mapping = Mapping(
+                current.ip,
+                current.user,
+                event.source if t >= last_seen else current.source,
+                current.first_seen,
+                max(t, last_seen),
+                expires,
+                _keep_replaced(current, _provenance(event)) if t >= last_seen else current.provenance,
+            )
+            heapq.heappush(self._expiries, (expires, mapping.ip.version, int(mapping.ip), mapping.ip))
+        else:
+            mapping = Mapping(
+                current.ip,
+                current.user,
+                current.source,
+                current.first_seen,
+                t,
+                current.expires_at,
+                current.provenance,
+            )
+        self.mappings[current.ip] = mapping
+        return Upsert(mapping, None, gain, duplicate, refresh=True)
 
     def _note_recent(self, a: _Address, ip: IPAddress, user: str, t: datetime) -> list[Effect]:
         """Track distinct users per IP; mark or clear `shared` (returns those effects)."""
+        recent = a.recent
+        if len(recent) <= 1 and (not recent or user in recent) and ip not in self.shared:
+            if recent.get(user, t) <= t:  # the common case: one user on this IP, nothing to decide
+                recent[user] = t
+            return []
         window = timedelta(seconds=self.rules.shared_window)
         if a.recent.get(user, t) <= t:
             a.recent[user] = t

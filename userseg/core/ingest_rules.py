@@ -38,18 +38,29 @@ class SourceRules:
     include_networks: tuple[AddressRange, ...] = ()  # empty: every address
     exclude_networks: tuple[AddressRange, ...] = ()
     _ignore_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _verdicts: dict[tuple[str, str], str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ignore_re", ignore_pattern(self.ignore_users))
 
     def ignored_user(self, event: LoginEvent) -> str | None:
-        """The glob that makes this account ignored, or None."""
-        if self._ignore_re is None:
-            return None
-        for form in account_forms(event.user, event.domain):
-            if self._ignore_re.fullmatch(form):
-                return next(g for g in self.ignore_users if _glob_matches(g, form))
-        return None
+        """The glob that makes this account ignored, or None (memoised: accounts repeat)."""
+        key = (event.user, event.domain)
+        verdicts = self._verdicts
+        if key in verdicts:
+            return verdicts[key]
+        found = None
+        if self._ignore_re is not None:
+            for form in account_forms(event.user, event.domain):
+                if self._ignore_re.fullmatch(form):
+                    found = next(g for g in self.ignore_users if _glob_matches(g, form))
+                    break
+        if len(verdicts) >= 100_000:
+            verdicts.clear()  # bounded; refilled from the accounts actually seen
+        verdicts[key] = found
+        return found
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ STATELESS_IGNORES = frozenset(
     {"failure", "no_user", "ignored_user", "logon_type", "network", "no_address", "stale"}
 )
 SIGHTINGS_KEEP = timedelta(days=7)
+# A refresh that does not move the expiry is persisted at most this often per IP: the
+# store's last_seen may lag by this much, and a login storm costs memory, not writes.
+STORE_REFRESH = timedelta(seconds=10)
+SIGHTINGS_FLUSH = 10.0  # seconds between writes of the aggregated account sightings
 
 
 class KernelMappings(Protocol):
@@ -99,6 +103,10 @@ class IngestPipeline:
         self.batches = 0
         self.last_error: str | None = None
         self._last_housekeeping = 0.0
+        self._saved_counters: dict[str, dict[str, int]] = {}
+        self._persisted: dict[IPAddress, datetime] = {}  # last_seen as last written to the store
+        self._sightings = IngestBatch()  # only its sightings are used: aggregated between flushes
+        self._sightings_flushed = time.monotonic()
 
     # ------------------------------------------------------------------ Sink
 
@@ -180,7 +188,7 @@ class IngestPipeline:
                 except queue.Empty:
                     break
             try:
-                self._handle(items)
+                self._handle(items, final=stopping or bool(controls))
                 self._housekeeping(force=bool(controls))
                 for c in controls:
                     if isinstance(c, _Reload):
@@ -191,11 +199,10 @@ class IngestPipeline:
             for c in controls:
                 c.done.set()
 
-    def _handle(self, items: list[tuple[str, ParseResult, str | None]]) -> None:
-        if not items:
-            return
-        now = self.clock.now()
+    def _handle(self, items: list[tuple[str, ParseResult, str | None]], *, final: bool = False) -> None:
+        """`final`: also write the aggregated sightings (stop, flush) whatever their age."""
         batch = IngestBatch()
+        now = self.clock.now()
         kernel: dict[IPAddress, tuple[str, datetime] | None] = {}
         touched: set[str] = set()
         with self._counters_lock:
@@ -212,8 +219,16 @@ class IngestPipeline:
                     self._log_reject(source, result.reason)
                 elif isinstance(result, Skipped):
                     c["skipped"] += 1
-            for source in touched:
-                batch.counters[source] = dict(self._counters[source])
+            # On a flush (or idle tick) every source's counters, so drops of a source whose
+            # events never reached a batch are persisted too.
+            for source in set(self._counters) if final else touched:
+                values = dict(self._counters[source])
+                if values != self._saved_counters.get(source):
+                    batch.counters[source] = self._saved_counters[source] = values
+        mono = time.monotonic()
+        if self._sightings.sightings and (final or mono - self._sightings_flushed >= SIGHTINGS_FLUSH):
+            batch.sightings, self._sightings = self._sightings.sightings, IngestBatch()
+            self._sightings_flushed = mono
         self.store.commit_ingest(batch, now)
         self.processed += len(items)
         self.batches += 1
@@ -235,12 +250,19 @@ class IngestPipeline:
         for effect in self.book.apply(ev, now):
             if isinstance(effect, Upsert):
                 m = effect.mapping
-                batch.upsert(m)
+                persisted = self._persisted.get(m.ip)
+                if effect.kernel or persisted is None or m.last_seen - persisted >= STORE_REFRESH:
+                    batch.upsert(m)
+                    self._persisted[m.ip] = m.last_seen
                 if effect.kernel:
                     kernel[m.ip] = (m.user, m.expires_at)
-                c["duplicate" if effect.duplicate else "replaced" if effect.replaced else "mapped"] += 1
+                if effect.duplicate:
+                    c["duplicate"] += 1
+                else:
+                    c["refreshed" if effect.refresh else "replaced" if effect.replaced else "mapped"] += 1
             elif isinstance(effect, Remove):
                 batch.remove(effect.mapping)
+                self._persisted.pop(effect.mapping.ip, None)
                 kernel[effect.mapping.ip] = None
                 c[f"removed_{effect.reason}"] += 1
             elif isinstance(effect, MarkShared):
@@ -254,7 +276,7 @@ class IngestPipeline:
                 if effect.category in STATELESS_IGNORES:
                     seen = False
         if seen and ev.ip is not None:
-            batch.sighting(ev.user.lower(), ev.ip, ev.time)
+            self._sightings.sighting(ev.user.lower(), ev.ip, ev.time)
 
     def _apply_kernel(self, changes: dict[IPAddress, tuple[str, datetime] | None]) -> None:
         if not changes or self.kernel is None:
@@ -278,6 +300,7 @@ class IngestPipeline:
         for effect in self.book.expire(now):
             if isinstance(effect, Remove):
                 batch.remove(effect.mapping)
+                self._persisted.pop(effect.mapping.ip, None)
                 forget[effect.mapping.ip] = None  # the kernel timed it out; the reconciler forgets it
             else:
                 batch.unshare(effect.ip)
@@ -286,7 +309,9 @@ class IngestPipeline:
 
     def _reload(self) -> None:
         now = self.clock.now()
-        self.book.resync(self.store.mappings(active_at=now), self.store.shared_marks())
+        stored = self.store.mappings(active_at=now)
+        self.book.resync(stored, self.store.shared_marks())
+        self._persisted = {m.ip: m.last_seen for m in stored}
 
     def _log_reject(self, source: str, reason: str) -> None:
         """First rejection of a source at once, then at most one summary per 10 s."""

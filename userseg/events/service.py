@@ -211,5 +211,5 @@ def _start_in(worker: NetnsWorker | None, source: Any) -> None:
             source.start()
         else:
             worker.call(source.start)
-    except OSError as exc:
-        raise IngestError(f"login source {getattr(source, 'name', '?')}: {exc}") from exc
+    except (OSError, RuntimeError) as exc:  # SyslogListenerError, ApiServerError are RuntimeErrors
+        raise IngestError(f"login source {getattr(source, 'name', 'push API')}: {exc}") from exc
