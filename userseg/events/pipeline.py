@@ -104,7 +104,9 @@ class IngestPipeline:
         self.last_error: str | None = None
         self._last_housekeeping = 0.0
         self._saved_counters: dict[str, dict[str, int]] = {}
-        self._persisted: dict[IPAddress, datetime] = {}  # last_seen as last written to the store
+        self._providers: list[Callable[[], Mapping[str, Mapping[str, int]]]] = []
+        # last_seen as last written to the store, per IP (the book starts from the store)
+        self._persisted: dict[IPAddress, datetime] = {a: m.last_seen for a, m in book.mappings.items()}
         self._sightings = IngestBatch()  # only its sightings are used: aggregated between flushes
         self._sightings_flushed = time.monotonic()
 
@@ -151,6 +153,11 @@ class IngestPipeline:
         done = threading.Event()
         self._queue.put(_Reload(done))
         return done.wait(timeout) if timeout is not None else True
+
+    def add_stats(self, provider: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        """Counters a source keeps itself (a listener's refused senders, TLS failures...):
+        merged into the persisted counters as `<name>`, so `status` shows them too."""
+        self._providers.append(provider)
 
     @property
     def queue_depth(self) -> int:
@@ -221,6 +228,8 @@ class IngestPipeline:
                     c["skipped"] += 1
             # On a flush (or idle tick) every source's counters, so drops of a source whose
             # events never reached a batch are persisted too.
+            if final:
+                self._merge_provided()
             for source in set(self._counters) if final else touched:
                 values = dict(self._counters[source])
                 if values != self._saved_counters.get(source):
@@ -251,8 +260,11 @@ class IngestPipeline:
             if isinstance(effect, Upsert):
                 m = effect.mapping
                 persisted = self._persisted.get(m.ip)
-                if effect.kernel or persisted is None or m.last_seen - persisted >= STORE_REFRESH:
+                if effect.kernel or not effect.refresh or persisted is None:
                     batch.upsert(m)
+                    self._persisted[m.ip] = m.last_seen
+                elif m.last_seen - persisted >= STORE_REFRESH:
+                    batch.touch(m)
                     self._persisted[m.ip] = m.last_seen
                 if effect.kernel:
                     kernel[m.ip] = (m.user, m.expires_at)
@@ -277,6 +289,16 @@ class IngestPipeline:
                     seen = False
         if seen and ev.ip is not None:
             self._sightings.sighting(ev.user.lower(), ev.ip, ev.time)
+
+    def _merge_provided(self) -> None:
+        for provider in self._providers:
+            try:
+                provided = provider()
+            except Exception:  # a stats call must never cost a batch
+                log.exception("reading a source's own counters failed")
+                continue
+            for source, values in provided.items():
+                self._counters[source].update(values)
 
     def _apply_kernel(self, changes: dict[IPAddress, tuple[str, datetime] | None]) -> None:
         if not changes or self.kernel is None:

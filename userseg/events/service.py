@@ -89,6 +89,7 @@ class IngestService:
                     source = self._build(settings, positions.get(settings.name))
                     _start_in(worker, source)
                     self._sources.append((settings, source))
+                self.pipeline.add_stats(self._listener_counters)
                 if any(s.kind is SourceKind.HTTP for s in self.settings.sources):
                     self._api = self._build_api()
                     _start_in(worker, self._api)
@@ -194,6 +195,19 @@ class IngestService:
             is_record = dataclasses.is_dataclass(found) and not isinstance(found, type)
             doc = dataclasses.asdict(found) if is_record else {}  # type: ignore[arg-type]
             out.append(SourceStatus(s.name, s.kind.value, where, doc))
+        return out
+
+    def _listener_counters(self) -> dict[str, dict[str, int]]:
+        """What the syslog listeners count before anything reaches the pipeline."""
+        out: dict[str, dict[str, int]] = {}
+        for s, source in self._sources:
+            if s.kind is SourceKind.SYSLOG:
+                st = source.stats()  # type: ignore[attr-defined]
+                out[s.name] = {
+                    "not_allowed": st.not_allowed,
+                    "tls_failures": st.tls_failures,
+                    "connections": st.connections,
+                }
         return out
 
     @property
