@@ -260,6 +260,8 @@ def _outcome(book: MappingBook, result: ParseResult) -> tuple[str, str]:
     ignored = [x for x in effects if isinstance(x, Ignored)]
     if ignored:
         return f"ignored ({ignored[0].category})", f"{who}: {ignored[0].reason}"
+    if any(isinstance(x, Upsert) and x.duplicate for x in effects):
+        return "duplicate", f"{who}: a repeat of the same logon within the dedupe window"
     what = []
     for x in effects:
         if isinstance(x, Upsert):

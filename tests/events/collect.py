@@ -24,7 +24,9 @@ class CollectingSink:
     dropped: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
 
-    def emit(self, source: str, result: ParseResult, position: str | None = None, *, block: bool = True) -> bool:
+    def emit(
+        self, source: str, result: ParseResult, position: str | None = None, *, block: bool = True
+    ) -> bool:
         with self.changed:
             if not block and self.capacity is not None and len(self.items) >= self.capacity:
                 self.dropped += 1

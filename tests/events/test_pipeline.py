@@ -46,7 +46,9 @@ class World:
         self.fw = FakeFirewall()
         self.rec = Reconciler(self.fw, Clock())
         snap = company()
-        self.rec.full_sync(replace(snap, users={**snap.users, "dave": User("dave", groups=frozenset({"it"}))}))
+        self.rec.full_sync(
+            replace(snap, users={**snap.users, "dave": User("dave", groups=frozenset({"it"}))})
+        )
         self.full_syncs = threading.Event()
         self.pipeline = self.new_pipeline()
 

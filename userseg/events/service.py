@@ -115,7 +115,7 @@ class IngestService:
     # ------------------------------------------------------------------ building
 
     def _build(self, s: SourceSettings, position: str | None) -> _Source:
-        from userseg.events.formats import parse
+        from userseg.events.formats import parser
 
         def wall() -> datetime:
             return self.clock.now()
@@ -124,16 +124,11 @@ class IngestService:
             from userseg.adapters.sources.samba_log import SambaLogSource
 
             assert s.samba is not None
-            name = s.name
-
-            def parse_samba(line: str, received: datetime) -> ParseResult:
-                return parse("samba", line, source=name, received=received)
-
             return SambaLogSource(
                 s.name,
                 s.samba.path,
                 self.pipeline,
-                parse_samba,
+                parser("samba", source=s.name),
                 position=position,
                 clock=wall,
                 start_at_end=s.samba.start_at_end,
@@ -143,10 +138,10 @@ class IngestService:
             from userseg.events.syslog_frame import SyslogMessage
 
             assert s.syslog is not None
-            fmt, name = s.syslog.format, s.name
+            parse_payload = parser(s.syslog.format, source=s.name)
 
             def parse_syslog(msg: SyslogMessage, received: datetime) -> ParseResult:
-                return parse(fmt, msg.message, source=name, received=received)
+                return parse_payload(msg.message, received)
 
             tls = s.syslog.tls
             return SyslogListener(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from userseg.core.ingest import SharedMark
@@ -50,6 +50,7 @@ class IngestBatch:
     """Everything one pipeline batch changes in the store."""
 
     upserts: dict[IPAddress, Mapping] = field(default_factory=dict)  # last write per IP wins
+    touches: dict[IPAddress, datetime] = field(default_factory=dict)  # refresh: only last_seen moves
     removes: dict[IPAddress, Mapping] = field(default_factory=dict)
     shared: dict[IPAddress, SharedMark] = field(default_factory=dict)
     unshared: set[IPAddress] = field(default_factory=set)
@@ -71,10 +72,19 @@ class IngestBatch:
 
     def upsert(self, m: Mapping) -> None:
         self.removes.pop(m.ip, None)
+        self.touches.pop(m.ip, None)
         self.upserts[m.ip] = m
+
+    def touch(self, m: Mapping) -> None:
+        """A refresh that changed nothing but last_seen: an UPDATE of one column, no row rebuilt."""
+        if m.ip in self.upserts:
+            self.upserts[m.ip] = m
+        else:
+            self.touches[m.ip] = m.last_seen
 
     def remove(self, m: Mapping) -> None:
         self.upserts.pop(m.ip, None)
+        self.touches.pop(m.ip, None)
         self.removes[m.ip] = m
 
     def mark_shared(self, mark: SharedMark) -> None:
@@ -103,6 +113,14 @@ def commit(conn: Connection, batch: IngestBatch, now: datetime) -> None:
             conn.execute(delete(MappingRow).where(MappingRow.ip.in_(ips[i : i + _CHUNK])))
     if batch.upserts:
         mappings.upsert_many(conn, [codec.mapping_row(m) for m in batch.upserts.values()])
+    if batch.touches:
+        stmt = (
+            update(MappingRow)
+            .where(MappingRow.ip == bindparam("key"))
+            .values(last_seen=bindparam("seen"))
+            .execution_options(synchronize_session=False)
+        )
+        conn.execute(stmt, [{"key": str(a), "seen": t} for a, t in batch.touches.items()])
     if batch.unshared:
         ips = [str(a) for a in batch.unshared]
         for i in range(0, len(ips), _CHUNK):

@@ -1,0 +1,5 @@
+"""Fixtures of the parser tests."""
+
+from tests.events.formats.corpus import json_backend
+
+__all__ = ["json_backend"]
