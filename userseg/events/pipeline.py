@@ -20,21 +20,21 @@ drops, counted, for those that cannot (UDP; HTTP answers 503).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from userseg.core.ingest import Ignored, MappingBook, MarkShared, Remove, Unshare, Upsert
+from userseg.events.batchqueue import BatchQueue
 from userseg.events.model import EventKind, LoginEvent, ParseResult, Rejected, Skipped
 from userseg.model import IPAddress
 from userseg.ports import Clock
 from userseg.store import Store
-from userseg.store.ingest import IngestBatch
+from userseg.store.ingest import IngestBatch, Sighting
 
 log = logging.getLogger("userseg.ingest")
 
@@ -92,7 +92,7 @@ class IngestPipeline:
         self.batch_max = batch_max
         self.housekeeping_interval = housekeeping_interval
         self.on_full_sync_needed = on_full_sync_needed
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._queue: BatchQueue[_Item | None] = BatchQueue(queue_size)
         self._counters: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._counters_lock = threading.Lock()
         for source, values in (counters or {}).items():
@@ -107,7 +107,8 @@ class IngestPipeline:
         self._providers: list[Callable[[], Mapping[str, Mapping[str, int]]]] = []
         # last_seen as last written to the store, per IP (the book starts from the store)
         self._persisted: dict[IPAddress, datetime] = {a: m.last_seen for a, m in book.mappings.items()}
-        self._sightings = IngestBatch()  # only its sightings are used: aggregated between flushes
+        # (account, ip) -> [first, last, events], aggregated between flushes (plain lists: per event)
+        self._sightings: dict[tuple[str, IPAddress], list[Any]] = {}
         self._sightings_flushed = time.monotonic()
 
     # ------------------------------------------------------------------ Sink
@@ -115,13 +116,11 @@ class IngestPipeline:
     def emit(
         self, source: str, result: ParseResult, position: str | None = None, *, block: bool = True
     ) -> bool:
-        try:
-            self._queue.put((source, result, position), block=block)
-        except queue.Full:
-            with self._counters_lock:
-                self._counters[source]["dropped"] += 1
-            return False
-        return True
+        if self._queue.put((source, result, position), block=block):
+            return True
+        with self._counters_lock:
+            self._counters[source]["dropped"] += 1
+        return False
 
     # ------------------------------------------------------------------ control
 
@@ -136,7 +135,7 @@ class IngestPipeline:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._queue.put(None)
+        self._queue.put(None, force=True)
         thread.join(timeout)
         if thread.is_alive():
             log.error("ingest worker did not stop within %.0f s; %d items left", timeout, self._queue.qsize())
@@ -144,14 +143,14 @@ class IngestPipeline:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued before this call is committed and applied."""
         done = threading.Event()
-        self._queue.put(_Flush(done))
+        self._queue.put(_Flush(done), force=True)
         return done.wait(timeout)
 
     def reload(self, timeout: float | None = None) -> bool:
         """Re-read the mappings from the store (someone else changed them: the CLI, a
         directory commit that removed a disabled account's mappings)."""
         done = threading.Event()
-        self._queue.put(_Reload(done))
+        self._queue.put(_Reload(done), force=True)
         return done.wait(timeout) if timeout is not None else True
 
     def add_stats(self, provider: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
@@ -171,15 +170,15 @@ class IngestPipeline:
 
     def _run(self) -> None:
         stopping = False
+        pending: list[_Item | None] = []
         while not stopping:
-            try:
-                first = self._queue.get(timeout=self.housekeeping_interval)
-            except queue.Empty:
-                first = _Flush(threading.Event())  # idle: housekeeping only
+            if not pending:
+                pending = self._queue.get_batch(self.batch_max, self.housekeeping_interval)
             items: list[tuple[str, ParseResult, str | None]] = []
             controls: list[_Reload | _Flush] = []
-            item: _Item | None = first
-            while True:
+            idle = not pending
+            rest = 0
+            for rest, item in enumerate(pending, 1):  # noqa: B007 - `rest` is used after the loop
                 if item is None:
                     stopping = True
                 elif isinstance(item, _Reload | _Flush):
@@ -188,14 +187,9 @@ class IngestPipeline:
                         break  # events after a reload must see the reloaded book
                 else:
                     items.append(item)
-                if stopping or len(items) >= self.batch_max:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            pending = pending[rest:]
             try:
-                self._handle(items, final=stopping or bool(controls))
+                self._handle(items, final=stopping or bool(controls) or idle)
                 self._housekeeping(force=bool(controls))
                 for c in controls:
                     if isinstance(c, _Reload):
@@ -205,6 +199,8 @@ class IngestPipeline:
                 log.exception("ingest batch of %d items failed", len(items))
             for c in controls:
                 c.done.set()
+        for c in [i for i in pending if isinstance(i, _Reload | _Flush)]:
+            c.done.set()
 
     def _handle(self, items: list[tuple[str, ParseResult, str | None]], *, final: bool = False) -> None:
         """`final`: also write the aggregated sightings (stop, flush) whatever their age."""
@@ -235,8 +231,12 @@ class IngestPipeline:
                 if values != self._saved_counters.get(source):
                     batch.counters[source] = self._saved_counters[source] = values
         mono = time.monotonic()
-        if self._sightings.sightings and (final or mono - self._sightings_flushed >= SIGHTINGS_FLUSH):
-            batch.sightings, self._sightings = self._sightings.sightings, IngestBatch()
+        if self._sightings and (final or mono - self._sightings_flushed >= SIGHTINGS_FLUSH):
+            batch.sightings = {
+                (user, str(addr)): Sighting(user, str(addr), first, last, n)
+                for (user, addr), (first, last, n) in self._sightings.items()
+            }
+            self._sightings = {}
             self._sightings_flushed = mono
         self.store.commit_ingest(batch, now)
         self.processed += len(items)
@@ -288,7 +288,14 @@ class IngestPipeline:
                 if effect.category in STATELESS_IGNORES:
                     seen = False
         if seen and ev.ip is not None:
-            self._sightings.sighting(ev.user.lower(), ev.ip, ev.time)
+            key = (ev.user.lower(), ev.ip)
+            seen_before = self._sightings.get(key)
+            if seen_before is None:
+                self._sightings[key] = [ev.time, ev.time, 1]
+            else:
+                seen_before[0] = min(seen_before[0], ev.time)
+                seen_before[1] = max(seen_before[1], ev.time)
+                seen_before[2] += 1
 
     def _merge_provided(self) -> None:
         for provider in self._providers:

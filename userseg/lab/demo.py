@@ -5,7 +5,8 @@ client network (alice's and bob's PCs) and a server network (a Samba Active
 Directory domain controller, a finance app, an HR app), provisions the domain,
 creates users and nested groups with samba-tool, and walks through what an
 admin sees: `userseg sync` reads AD, unknown clients reach only the DC, a
-logon opens exactly the user's applications, and changes made in AD (a group
+real logon (kinit, NTLM) read from the DC's audit log opens exactly the
+user's applications, a failed logon maps nothing, and changes made in AD (a group
 membership added or removed, an account disabled) reach the kernel within
 moments through AD's change notification - cutting open connections on
 revocation.  Every step is a real `userseg` or `samba-tool` command and real
@@ -26,9 +27,12 @@ import time
 from pathlib import Path
 
 from userseg.lab import ClientSpec, Lab, LabSpec, LongConnection, ServerSpec, probe_tcp
+from userseg.lab.ad_data import users_ldif
+from userseg.lab.logons import LogonClient
 from userseg.lab.samba import DomainSpec, SambaDC, provision_dc
 
 ALICE_PC, BOB_PC = "198.18.10.11", "198.18.10.12"
+PASSWORD = "Demo-Pass-2026!"  # lab users only; handed to kinit on stdin, never on a command line
 DC, FINANCE, HR = "198.18.20.53", "198.18.20.10", "198.18.20.20"
 
 SPEC = LabSpec(
@@ -63,6 +67,12 @@ bind_user = "{dc.admin_user}"
 password_file = "{workdir}/bind.pw"
 ca_file = "{dc.ca_file}"
 server_names = ["{dc.fqdn}"]
+
+[ingest]
+[[ingest.sources]]
+name = "dc-audit-log"
+type = "samba-log"
+path = "{dc.audit_log}"
 
 [[applications]]
 name = "finance-app"
@@ -212,20 +222,27 @@ class Demo:
             ):
                 self.probe(client, src, dst, name, port)
 
-    def until(self, client: str, src: str, dst: str, port: int, want: str, since: float) -> None:
+    def until(
+        self, client: str, src: str, dst: str, port: int, want: str, since: float, after: str = "samba-tool"
+    ) -> None:
         deadline = time.monotonic() + 30
         while probe_tcp(self.lab, client, src, dst, port, timeout=0.5) != want:
             if time.monotonic() > deadline:
                 print(f"  {self.red(f'{dst}:{port} not {want} after 30 s')}")
                 return
+        print(f"  {dst}:{port} is {want} {(time.monotonic() - since) * 1000:.0f} ms after {after} returned")
+
+    def logon(self, what: str, ok: bool) -> None:
+        print(f"$ {what}", flush=True)
         print(
-            f"  {dst}:{port} is {want} {(time.monotonic() - since) * 1000:.0f} ms after samba-tool returned"
+            f"  {'ok' if ok else 'failed (as intended)' if 'wrong' in what else self.red('failed')}",
+            flush=True,
         )
 
     def directory(self) -> None:
         self.say(f"Active Directory: Samba DC {self.dc.fqdn} at {DC}; users and nested groups via samba-tool")
-        for name, display in (("alice", "Alice Accountant"), ("bob", "Bob from HR")):
-            self.samba_tool("user", "create", name, "--random-password", f"--given-name={display}")
+        print("$ ldapadd (over LDAPS): users alice and bob with their passwords", flush=True)
+        self.dc.ldif_add(users_ldif(self.dc.base_dn, ["alice", "bob"], password=PASSWORD))
         for group in ("Finance", "Accounts-Payable", "HR", "Finance-Admins"):
             self.samba_tool("group", "add", group)
         self.samba_tool("group", "addmembers", "Finance", "Accounts-Payable")
@@ -249,10 +266,24 @@ class Demo:
         self.say("Nobody logged on: unknown clients reach only the domain controller")
         self.matrix(everyone)
 
-        self.say("Alice and Bob log on (by hand here; AD logon events feed this in production)")
-        self.userseg("map", "add", "alice", ALICE_PC)
-        self.userseg("map", "add", "bob", BOB_PC)
+        self.say("Alice logs on to her PC (Kerberos); the DC's audit log says so; userseg maps her")
+        alice = LogonClient(self.lab, "alice-pc", self.dc, self.workdir / "alice-pc")
+        bob = LogonClient(self.lab, "bob-pc", self.dc, self.workdir / "bob-pc")
+        start = time.monotonic()
+        self.logon(
+            f"kinit alice@{self.dc.realm}   (on alice-pc)", alice.kinit(f"alice@{self.dc.realm}", PASSWORD)
+        )
+        self.until("alice-pc", ALICE_PC, FINANCE, 443, "open", start, "kinit")
+        self.userseg("mappings", "--why", ALICE_PC)
+        self.say("Someone tries bob's account with a wrong password: failed logons never map")
+        self.logon("kinit bob (wrong password, on bob-pc)", bob.kinit(f"bob@{self.dc.realm}", "wrong"))
+        self.say("Bob logs on over NTLM (an SMB share): mapped the same way")
+        start = time.monotonic()
+        bob.smb_ntlm("bob", PASSWORD)
+        print("$ smbclient //dc1/netlogon -U bob   (on bob-pc)", flush=True)
+        self.until("bob-pc", BOB_PC, HR, 443, "open", start, "smbclient")
         self.matrix(everyone)
+        self.userseg("mappings")
         self.userseg("users", "alice")
         self.userseg("simulate", "alice", f"{HR}:443")
 
