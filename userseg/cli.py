@@ -123,6 +123,9 @@ def cmd_reconcile(rt: Runtime, args: argparse.Namespace) -> int:
 def cmd_enforce(rt: Runtime, args: argparse.Namespace) -> int:
     """Foreground enforcer (userseg.enforcer): store changes, resync timer, directory sync."""
     logging.basicConfig(level=logging.INFO, format="userseg: %(name)s: %(message)s", stream=sys.stderr)
+    # Login -> kernel latency: a thread waiting for the netlink worker or the ingest queue
+    # should not wait out the default 5 ms GIL switch interval behind a busy parser thread.
+    sys.setswitchinterval(0.0005)
     enforcer = Enforcer(
         rt,
         poll=args.poll,

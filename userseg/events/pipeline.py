@@ -46,7 +46,8 @@ SIGHTINGS_KEEP = timedelta(days=7)
 # A refresh that does not move the expiry is persisted at most this often per IP: the
 # store's last_seen may lag by this much, and a login storm costs memory, not writes.
 STORE_REFRESH = timedelta(seconds=10)
-SIGHTINGS_FLUSH = 10.0  # seconds between writes of the aggregated account sightings
+SIGHTINGS_FLUSH = 1.0  # seconds between writes of account sightings (small, even writes)
+SIGHTING_REWRITE = 60.0  # a known (account, IP) pair is rewritten at most this often
 
 
 class KernelMappings(Protocol):
@@ -107,7 +108,7 @@ class IngestPipeline:
         self._providers: list[Callable[[], Mapping[str, Mapping[str, int]]]] = []
         # last_seen as last written to the store, per IP (the book starts from the store)
         self._persisted: dict[IPAddress, datetime] = {a: m.last_seen for a, m in book.mappings.items()}
-        # (account, ip) -> [first, last, events], aggregated between flushes (plain lists: per event)
+        # (account, ip) -> [first, last, unwritten events, monotonic time written or None]
         self._sightings: dict[tuple[str, IPAddress], list[Any]] = {}
         self._sightings_flushed = time.monotonic()
 
@@ -232,11 +233,7 @@ class IngestPipeline:
                     batch.counters[source] = self._saved_counters[source] = values
         mono = time.monotonic()
         if self._sightings and (final or mono - self._sightings_flushed >= SIGHTINGS_FLUSH):
-            batch.sightings = {
-                (user, str(addr)): Sighting(user, str(addr), first, last, n)
-                for (user, addr), (first, last, n) in self._sightings.items()
-            }
-            self._sightings = {}
+            batch.sightings = self._due_sightings(mono, final)
             self._sightings_flushed = mono
         self.store.commit_ingest(batch, now)
         self.processed += len(items)
@@ -291,11 +288,28 @@ class IngestPipeline:
             key = (ev.user.lower(), ev.ip)
             seen_before = self._sightings.get(key)
             if seen_before is None:
-                self._sightings[key] = [ev.time, ev.time, 1]
+                self._sightings[key] = [ev.time, ev.time, 1, None]
             else:
                 seen_before[0] = min(seen_before[0], ev.time)
                 seen_before[1] = max(seen_before[1], ev.time)
                 seen_before[2] += 1
+
+    def _due_sightings(self, mono: float, final: bool) -> dict[tuple[str, str], Sighting]:
+        """New pairs at once, known ones at most every SIGHTING_REWRITE s: a steady stream of
+        refreshes must not turn into a big periodic write that stalls the login path."""
+        due: dict[tuple[str, str], Sighting] = {}
+        idle: list[tuple[str, IPAddress]] = []
+        for key, entry in self._sightings.items():
+            first, last, unwritten, written = entry
+            if unwritten and (final or written is None or mono - written >= SIGHTING_REWRITE):
+                user, addr = key
+                due[(user, str(addr))] = Sighting(user, str(addr), first, last, unwritten)
+                entry[2], entry[3] = 0, mono
+            elif not unwritten and written is not None and mono - written > 3600:
+                idle.append(key)
+        for key in idle:
+            del self._sightings[key]
+        return due
 
     def _merge_provided(self) -> None:
         for provider in self._providers:
