@@ -11,7 +11,7 @@ import pytest
 from userseg.cli import main
 from userseg.model import Mapping, ip
 from userseg.store import Store
-from userseg.store.ingest import IngestBatch
+from userseg.store.ingest import IngestBatch, Sighting
 from userseg.web.tokens import TokenBook
 
 DATA = Path(__file__).resolve().parent / "data" / "events"
@@ -99,11 +99,9 @@ def test_ignore_suggestions_lists_accounts_seen_on_many_ips(
     cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = datetime.now(UTC)
-    batch = IngestBatch()
-    for i in range(7):
-        batch.sighting("svc-scan", ip(f"198.18.10.{10 + i}"), now - timedelta(minutes=i))
-    batch.sighting("alice", ip("198.18.10.50"), now)
-    batch.sighting("alice", ip("198.18.10.51"), now)
+    seen = [("svc-scan", f"198.18.10.{10 + i}", now - timedelta(minutes=i)) for i in range(7)]
+    seen += [("alice", "198.18.10.50", now), ("alice", "198.18.10.51", now)]
+    batch = IngestBatch(sightings={(u, a): Sighting(u, a, t, t, 1) for u, a, t in seen})
     with Store(f"sqlite:///{cfg.parent}/u.db") as store:
         store.commit_ingest(batch, now)
     code, out = run(capsys, "--config", str(cfg), "ignore-suggestions")

@@ -123,21 +123,10 @@ class Reconciler:
     def set_mapping(self, ip: IPAddress, user: str, expires_at: datetime) -> bool:
         """Map ip -> user's class with one element; False if a full sync is needed
         (no desired state yet, dirty, or the user has no class instantiated)."""
-        with self._lock:
-            desired = self.desired
-            if desired is None or self.dirty:
-                return False
-            cname = desired.user_class.get(user)
-            if cname is None:
-                return False
-            target = MapTarget(user, cname, expires_at)
-            return self._change(ip, target)
+        return self.set_mappings([(ip, (user, expires_at))])
 
     def remove_mapping(self, ip: IPAddress) -> bool:
-        with self._lock:
-            if self.desired is None or self.dirty:
-                return False
-            return self._change(ip, None)
+        return self.set_mappings([(ip, None)])
 
     def set_mappings(self, changes: Iterable[tuple[IPAddress, tuple[str, datetime] | None]]) -> bool:
         """Apply many mapping changes (ip -> (user, expires_at), or None to unmap) as ONE
@@ -210,9 +199,6 @@ class Reconciler:
         if cut:
             self._cut_forbidden(cut)
         return True
-
-    def _change(self, ip: IPAddress, target: MapTarget | None) -> bool:
-        return self._change_many({ip: target})
 
     # ------------------------------------------------------------ revocation
 

@@ -42,7 +42,6 @@ log = logging.getLogger("userseg.ingest")
 STATELESS_IGNORES = frozenset(
     {"failure", "no_user", "ignored_user", "logon_type", "network", "no_address", "stale"}
 )
-SIGHTINGS_KEEP = timedelta(days=7)
 # A refresh that does not move the expiry is persisted at most this often per IP: the
 # store's last_seen may lag by this much, and a login storm costs memory, not writes.
 STORE_REFRESH = timedelta(seconds=10)

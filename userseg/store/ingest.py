@@ -95,16 +95,6 @@ class IngestBatch:
         self.shared.pop(addr, None)
         self.unshared.add(addr)
 
-    def sighting(self, user: str, addr: IPAddress, at: datetime) -> None:
-        key = (user, str(addr))
-        s = self.sightings.get(key)
-        if s is None:
-            self.sightings[key] = Sighting(user, key[1], at, at, 1)
-        else:
-            self.sightings[key] = Sighting(
-                user, key[1], min(s.first_seen, at), max(s.last_seen, at), s.events + 1
-            )
-
 
 def commit(conn: Connection, batch: IngestBatch, now: datetime) -> None:
     if batch.removes:
