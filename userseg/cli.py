@@ -30,7 +30,8 @@ from userseg.enforcer import Enforcer
 from userseg.events.service import IngestError
 from userseg.model import IPAddress, Mapping, ModelError, Proto, User, canonical, ip
 from userseg.ports import FirewallError
-from userseg.runtime import Runtime, open_runtime, reconcile_lock
+from userseg.runtime import RUN_DIR, Runtime, open_runtime, reconcile_lock
+from userseg.service.statusfile import read_status, status_path
 from userseg.store import StoreError
 from userseg.store.codec import mapping_doc
 
@@ -230,9 +231,11 @@ def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
     }
     directory = cli_directory.directory_status(rt)
     ingest = cli_ingest.ingest_status(rt)
+    service = read_status(status_path(RUN_DIR, rt.config.netns))
     if args.json:
-        out.emit_json({**info, "directory": directory, "ingest": ingest})
+        out.emit_json({**info, "directory": directory, "ingest": ingest, "service": service})
     else:
+        _print_service_status(service)
         width = max(len(k) for k in info)
         for k, v in info.items():
             print(f"{k.replace('_', ' '):{width}}  {v}")
@@ -240,6 +243,35 @@ def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
             _print_directory_status(directory)
         cli_ingest.print_ingest_status(ingest)
     return 0 if plan.is_empty else 3
+
+
+def _print_service_status(doc: dict[str, Any] | None) -> None:
+    """What the running `userseg serve` last reported (its status file), or that none runs."""
+    if doc is None:
+        print("service     not running (no live `userseg serve` for this gateway)")
+        return
+    h = doc["health"]
+    print(f"service     {h['status'].upper()} (pid {doc['pid']}, up {doc['uptime_seconds']:.0f} s)")
+    for reason in h["reasons"]:
+        print(f"  - {reason}")
+    k = doc["kernel"]
+    age = k["last_reconcile_age_seconds"]
+    print(
+        f"kernel      {'in step' if k['in_step'] else 'NOT in step'}: {k['mappings']} mappings, "
+        f"{k['classes']} classes, last full reconcile {'never' if age is None else f'{age:g} s ago'}"
+        + (f"; last error: {k['last_error']}" if k["last_error"] else "")
+    )
+    ingest = doc.get("ingest")
+    if ingest is not None:
+        print(
+            f"ingest      {'running' if ingest['running'] else 'NOT running'}; queue "
+            f"{ingest['queue_depth']}/{ingest['queue_capacity']}"
+            + (f"; {ingest['error']}" if ingest["error"] else "")
+        )
+    print("loops       " + ", ".join(f"{n} {a:.1f} s ago" for n, a in doc["loops"].items()))
+    reload = doc.get("last_reload")
+    if reload is not None and not reload["ok"]:
+        print(f"last reload REJECTED: {'; '.join(reload['errors'])}")
 
 
 def _print_directory_status(d: dict[str, Any]) -> None:
@@ -318,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     r.add_argument("--json", action="store_true")
 
+    sub.add_parser(
+        "serve",
+        help="run the service: directory sync, login sources, enforcement, metrics (systemd Type=notify)",
+    )
     e = sub.add_parser("enforce", help="keep reconciling in the foreground (store changes, resync timer)")
     e.add_argument("--poll", type=float, default=0.2, help="seconds between store change checks")
     e.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
@@ -382,6 +418,10 @@ COMMANDS: dict[str, Callable[[Runtime, argparse.Namespace], int]] = {
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return cmd_check_config(args)
+    if args.command == "serve":
+        from userseg.service.serve import serve
+
+        return serve(args.config)
     if args.command == "test-parse":
         return cli_ingest.cmd_test_parse(args)
     if args.command == "token":

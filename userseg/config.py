@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from userseg.config_directory import parse_directory
 from userseg.config_ingest import bind_account, parse_ingest
 from userseg.config_schema import IFNAME_RE, Section, expand_service
+from userseg.config_service import ServiceSettings, parse_service
 from userseg.directory.model import DirectorySettings
 from userseg.events.settings import IngestSettings
 from userseg.model import (
@@ -68,6 +69,7 @@ class Config:
     policies: tuple[Policy, ...]
     directory: DirectorySettings | None = None  # None: no AD sync (users come from `directory import`)
     ingest: IngestSettings | None = None  # None: no login sources (mappings from the CLI only)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
 
 
 def default_config_path() -> Path:
@@ -118,6 +120,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     ingest = parse_ingest(
         root.table("ingest"), default_ttl, gateway.client_networks, (bind,) if bind else ()
     )
+    service = parse_service(root.table("service"))
     applications = _parse_applications(root.tables("applications"))
     policies = _parse_policies(root.tables("policies"))
     root.finish()
@@ -136,6 +139,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
         policies=policies,
         directory=directory,
         ingest=ingest,
+        service=service,
     )
 
 

@@ -1,13 +1,17 @@
-"""The long-running loop behind `userseg enforce`: keep the kernel in step with the store.
+"""The enforce loop: keep the kernel in step with the store, and run the services feeding it.
 
 It reconciles on every store change (the generation counter moves), on a
-resync timer that repairs drift made behind our back, and - when AD sync is
-configured - runs the directory service, whose commits wake the loop at once
-rather than at the next poll.  With [ingest] configured it also runs the login
-sources: their mappings reach the kernel through the reconciler's fast path,
-and only a login that needs a new class asks this loop for a full sync.
-Kept out of the CLI module so the benchmarks and tests can run it in-process
-and hook its events.
+resync timer that repairs drift made behind our back (a `nft flush ruleset`
+included), and - when AD sync is configured - runs the directory service,
+whose commits wake the loop at once rather than at the next poll.  With
+[ingest] configured it also runs the login sources: their mappings reach the
+kernel through the reconciler's fast path, and only a login that needs a new
+class asks this loop for a full sync.
+
+`userseg serve` (userseg/service/serve.py) drives it in steps - start-up,
+loop, reload, stop - and watches it; `userseg enforce` and the benchmarks run
+it with `run()`.  Kept free of signals, sd_notify and HTTP so tests can run it
+in-process and hook its events.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from userseg.core.compile import CompileError
 from userseg.directory.service import DirectoryService
 from userseg.directory.sync import SyncOutcome
+from userseg.events.pipeline import KernelMappings
 from userseg.events.service import IngestService
 from userseg.ports import FirewallError
 from userseg.reconciler import SyncReport
@@ -27,6 +32,11 @@ from userseg.runtime import Runtime, reconcile_lock
 from userseg.store import StoreError
 
 log = logging.getLogger("userseg.enforce")
+
+# Errors a reconcile may meet and survive (retried at once-per-2s); SQLAlchemy's
+# OperationalError ("database is locked") is caught by name to keep this module
+# free of the SQLAlchemy import.
+_RETRYABLE = (FirewallError, CompileError, StoreError, OSError)
 
 
 class Enforcer:
@@ -39,18 +49,28 @@ class Enforcer:
         ingest: bool = True,
         say: Callable[[str], None] = print,
         on_reconciled: Callable[[SyncReport], None] | None = None,
+        on_cycle: Callable[[], None] | None = None,
+        kernel: Callable[[KernelMappings], KernelMappings] | None = None,
     ) -> None:
         self.rt = rt
         self.poll = poll
         self.say = say
         self.on_reconciled = on_reconciled
+        self.on_cycle = on_cycle
+        self._wrap_kernel = kernel
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.service: DirectoryService | None = None
         self.ingest: IngestService | None = None
-        self._with_directory = directory and rt.config.directory is not None
-        self._with_ingest = ingest and rt.config.ingest is not None
+        self.with_directory = directory
+        self.with_ingest = ingest
         self._full_wanted = threading.Event()
+        self.hold_reason: str | None = None  # set: leave the kernel as it is (see serve's recovery)
+        self.last_report: SyncReport | None = None
+        self.last_error: str | None = None
+        self.reconciled = 0  # successful reconciles (status, tests)
+        self._seen = -1
+        self._next_full = 0.0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -66,52 +86,82 @@ class Enforcer:
         # path in between would otherwise be undone by a sync from an older snapshot.
         with reconcile_lock(self.rt.config.netns), self.rt.reconciler.lock:
             report = self.rt.reconciler.full_sync(self.rt.snapshot())
+        self.last_report, self.last_error = report, None
+        self.reconciled += 1
         if self.on_reconciled is not None:
             self.on_reconciled(report)
         return report
 
-    def run(self, *, once: bool = False) -> None:
-        if self._with_directory:
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_directory(self) -> None:
+        if self.with_directory and self.rt.config.directory is not None and self.service is None:
             self.service = self._start_directory()
-        interval = self.rt.config.resync_interval
-        seen = -1
-        next_full = 0.0
+
+    def start_ingest(self) -> None:
+        if self.with_ingest and self.rt.config.ingest is not None and self.ingest is None:
+            self.ingest = self._start_ingest()
+
+    def stop_services(self) -> None:
+        """Stop the login sources (their queue is committed first) and the directory service."""
+        ingest, self.ingest = self.ingest, None
+        service, self.service = self.service, None
+        if ingest is not None:
+            ingest.stop()
+        if service is not None:
+            service.stop()
+
+    def run(self, *, once: bool = False) -> None:
+        """Start everything, then loop until stop() (what `userseg enforce` runs)."""
+        self.start_directory()
         try:
-            if self._with_ingest:
-                self.ingest = self._start_ingest()
+            self.start_ingest()
             while not self.stop_event.is_set():
-                self.wake.clear()
-                gen = self.rt.store.generation()
-                now = time.monotonic()
-                wanted = self._full_wanted.is_set()
-                if gen != seen or now >= next_full or wanted:
-                    self._full_wanted.clear()
-                    try:
-                        self.reconcile()
-                        if seen == -1:
-                            self.say("userseg: enforcing; kernel in step with the desired state")
-                        elif gen != seen and self.ingest is not None:
-                            self.ingest.pipeline.reload()  # someone else changed mappings
-                        seen, next_full = gen, now + interval
-                    except (FirewallError, CompileError, StoreError) as exc:
-                        log.warning("reconcile failed, will retry: %s", exc)
-                        next_full = now + min(interval, 2.0)
+                self.step()
                 if once:
                     break
                 self.wake.wait(self.poll)
         finally:
-            if self.ingest is not None:
-                self.ingest.stop()
-            if self.service is not None:
-                self.service.stop()
+            self.stop_services()
+
+    def step(self) -> None:
+        """One turn of the loop: reconcile if the store moved, the timer ran out or a login asked."""
+        self.wake.clear()
+        if self.on_cycle is not None:
+            self.on_cycle()
+        if self.hold_reason is not None:
+            return
+        gen = self.rt.store.generation()
+        now = time.monotonic()
+        wanted = self._full_wanted.is_set()
+        if gen != self._seen or now >= self._next_full or wanted:
+            self._full_wanted.clear()
+            try:
+                self.reconcile()
+                if self._seen == -1:
+                    self.say("userseg: enforcing; kernel in step with the desired state")
+                elif gen != self._seen and self.ingest is not None:
+                    self.ingest.pipeline.reload()  # someone else changed mappings
+                self._seen, self._next_full = gen, now + self.rt.config.resync_interval
+            except Exception as exc:
+                if not isinstance(exc, _RETRYABLE) and type(exc).__name__ != "OperationalError":
+                    raise
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("reconcile failed, will retry: %s", exc)
+                self._next_full = now + min(self.rt.config.resync_interval, 2.0)
+
+    # ------------------------------------------------------------------ building
 
     def _start_ingest(self) -> IngestService:
         settings = self.rt.config.ingest
         assert settings is not None
+        kernel: KernelMappings = self.rt.reconciler
+        if self._wrap_kernel is not None:
+            kernel = self._wrap_kernel(kernel)
         service = IngestService(
             settings,
             self.rt.store,
-            self.rt.reconciler,
+            kernel,
             self.rt.clock,
             netns=self.rt.config.netns,
             on_full_sync_needed=self.request_full_sync,

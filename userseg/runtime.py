@@ -20,6 +20,7 @@ from userseg.config import Config
 from userseg.directory.model import DirectorySource, StalePolicy
 from userseg.directory.sync import DirectorySync, SyncOutcome, staleness
 from userseg.model import Snapshot
+from userseg.ports import Firewall
 from userseg.reconciler import Reconciler
 from userseg.snapshot import load_snapshot
 from userseg.store import Store
@@ -54,6 +55,7 @@ class Runtime:
     _closers: list[object] = field(default_factory=list)
 
     _directory_sync: DirectorySync | None = None
+    _firewall: Firewall | None = None
 
     def snapshot(self) -> Snapshot:
         """The desired-state input; past max_staleness with on_stale = fail-closed, no client has a user."""
@@ -86,6 +88,22 @@ class Runtime:
             self._directory_sync = DirectorySync(source, self.store, settings, self.clock, on_commit)
         return self._directory_sync
 
+    def reset_directory(self) -> None:
+        """Forget the LDAP adapter (a reload changed [directory]); the next use builds a new one."""
+        if self._directory_sync is not None:
+            source = self._directory_sync.source
+            if source in self._closers:
+                self._closers.remove(source)
+            source.close()
+            self._directory_sync = None
+
+    @property
+    def firewall(self) -> Firewall:
+        """The firewall adapter the reconciler writes through (read-back for recovery, status)."""
+        _ = self.reconciler
+        assert self._firewall is not None
+        return self._firewall
+
     @property
     def reconciler(self) -> Reconciler:
         if self._reconciler is None:
@@ -97,6 +115,7 @@ class Runtime:
             conns = Conntrack(netns=self.config.netns)
             local = LocalAddresses(self.config.netns)
             self._closers += [fw, conns, local]
+            self._firewall = fw
             self._reconciler = Reconciler(fw, self.clock, conns, local)
         return self._reconciler
 

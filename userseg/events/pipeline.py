@@ -14,7 +14,11 @@ programs what the store holds.  Positions are committed with the mappings
 derived from the lines before them, so a restart neither replays nor skips.
 
 Back-pressure: a full queue blocks sources that can wait (a file, TCP) and
-drops, counted, for those that cannot (UDP; HTTP answers 503).
+drops, counted, for those that cannot (UDP; HTTP answers 503).  A store that
+cannot take a commit for a while (another writer holds the SQLite lock past
+the busy timeout, PostgreSQL restarting) makes the worker retry that same
+batch with backoff: nothing is lost, the queue fills, and back-pressure
+reaches the sources.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from userseg.events.batchqueue import BatchQueue
 from userseg.events.model import EventKind, LoginEvent, ParseResult, Rejected, Skipped
 from userseg.model import IPAddress
 from userseg.ports import Clock
-from userseg.store import Store
+from userseg.store import Store, StoreError, is_transient
 from userseg.store.ingest import IngestBatch, Sighting
 
 log = logging.getLogger("userseg.ingest")
@@ -110,6 +114,9 @@ class IngestPipeline:
         # (account, ip) -> [first, last, unwritten events, monotonic time written or None]
         self._sightings: dict[tuple[str, IPAddress], list[Any]] = {}
         self._sightings_flushed = time.monotonic()
+        self.last_cycle = time.monotonic()  # the worker's heartbeat (service health)
+        self.commit_retries = 0
+        self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ Sink
 
@@ -137,6 +144,9 @@ class IngestPipeline:
             return
         self._queue.put(None, force=True)
         thread.join(timeout)
+        if thread.is_alive():
+            self._stopping.set()  # a commit retry loop gives up now
+            thread.join(1.0)
         if thread.is_alive():
             log.error("ingest worker did not stop within %.0f s; %d items left", timeout, self._queue.qsize())
 
@@ -172,6 +182,7 @@ class IngestPipeline:
         stopping = False
         pending: list[_Item | None] = []
         while not stopping:
+            self.last_cycle = time.monotonic()
             if not pending:
                 pending = self._queue.get_batch(self.batch_max, self.housekeeping_interval)
             items: list[tuple[str, ParseResult, str | None]] = []
@@ -234,7 +245,7 @@ class IngestPipeline:
         if self._sightings and (final or mono - self._sightings_flushed >= SIGHTINGS_FLUSH):
             batch.sightings = self._due_sightings(mono, final)
             self._sightings_flushed = mono
-        self.store.commit_ingest(batch, now)
+        self._commit(batch, now)
         self.processed += len(items)
         self.batches += 1
         self._apply_kernel(kernel)
@@ -292,6 +303,25 @@ class IngestPipeline:
                 seen_before[0] = min(seen_before[0], ev.time)
                 seen_before[1] = max(seen_before[1], ev.time)
                 seen_before[2] += 1
+
+    def _commit(self, batch: IngestBatch, now: datetime) -> None:
+        """Commit, retrying a store that is busy or unreachable: the book already holds this
+        batch's decisions, so dropping the batch would lose them for good."""
+        delay = 0.05
+        while True:
+            try:
+                self.store.commit_ingest(batch, now)
+                return
+            except StoreError as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    raise
+                self.commit_retries += 1
+                self.last_error = f"store busy, retrying: {exc}"
+                if self.commit_retries == 1 or delay >= 1.0:
+                    log.warning("ingest commit failed, retrying in %.1f s (nothing is lost): %s", delay, exc)
+                self._stopping.wait(delay)
+                self.last_cycle = time.monotonic()  # retrying is progress, not a hang
+                delay = min(delay * 2, 2.0)
 
     def _due_sightings(self, mono: float, final: bool) -> dict[tuple[str, str], Sighting]:
         """New pairs at once, known ones at most every SIGHTING_REWRITE s: a steady stream of

@@ -4,6 +4,7 @@ Import Store and StoreError from here; the submodules are implementation.
 """
 
 from userseg.store.codec import StoreError
+from userseg.store.faults import is_corruption, is_transient
 from userseg.store.repository import AuditEntry, SnapshotParts, Store
 
-__all__ = ["AuditEntry", "SnapshotParts", "Store", "StoreError"]
+__all__ = ["AuditEntry", "SnapshotParts", "Store", "StoreError", "is_corruption", "is_transient"]

@@ -1,0 +1,1 @@
+"""`userseg serve`: the long-running service (composition root, health, metrics, systemd glue)."""

@@ -1,0 +1,387 @@
+"""`userseg serve`: the composition root of the long-running service.
+
+Start-up order (each step's failure is reported, none is a crash loop):
+1. config (a bad one: exit 2, which the unit does not restart);
+2. database: migrate; a corrupt SQLite file is moved aside and rebuilt
+   (recovery.py) with the kernel's mappings, and the kernel is held as it is
+   until AD has been read;
+3. directory: start the service (notifications, timers) and wait up to
+   `startup_sync_timeout` for the first sync; if every DC is down, continue
+   from the persisted directory and report degraded;
+4. reconcile: read the kernel back, diff against the store, apply the
+   difference (an in-step kernel after a restart gets an empty plan: zero gap);
+5. login sources, the ops endpoint; then READY=1.
+Then one loop: reconcile when the store moves or the resync timer runs out,
+WATCHDOG=1 only while every loop is progressing, the status file, reloads.
+
+SIGTERM/SIGINT: stop sources (their queue is committed), stop, exit 0 - the
+table stays, with its element timeouts as the dead-man switch.
+SIGHUP: re-read the config; a bad one is rejected with every reason and the
+old one keeps running; settings that need a restart (database, netns) too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from userseg.config import Config, ConfigError, load_config
+from userseg.enforcer import Enforcer
+from userseg.events.pipeline import KernelMappings
+from userseg.model import IPAddress
+from userseg.reconciler import SyncReport
+from userseg.runtime import RUN_DIR, Runtime, open_runtime
+from userseg.service import status as status_mod
+from userseg.service.health import Health, HealthFacts, Heartbeats, assess
+from userseg.service.logs import setup_logging
+from userseg.service.metrics import ServiceMetrics, TimedKernel
+from userseg.service.notify import Notifier, watchdog_interval
+from userseg.service.recovery import Rebuilt, check_sqlite, rebuild, sqlite_path
+from userseg.service.statusfile import status_path, write_status
+from userseg.store import Store, StoreError, is_corruption
+
+log = logging.getLogger("userseg.serve")
+
+EXIT_CONFIG = 2
+EXIT_RESTART = 75  # EX_TEMPFAIL: something needs a fresh start (e.g. the database broke while running)
+RESTART_KEYS = ("database_url", "netns")  # changing these needs a restart, not a reload
+INGEST_RETRY = 30.0  # seconds between attempts to start login sources that failed to start
+
+
+class RestartNeeded(Exception):
+    """The service must exit and be restarted (systemd: Restart=on-failure)."""
+
+
+class Service:
+    def __init__(self, config_path: Path, *, notifier: Notifier | None = None, poll: float = 0.2) -> None:
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.poll = poll
+        self.beats = Heartbeats()
+        self.metrics = ServiceMetrics(self.status_doc)
+        self.started = False
+        self.started_at = time.time()
+        self.rebuilt: Rebuilt | None = None
+        self.ingest_error: str | None = None
+        self.ops_error: str | None = None
+        self.last_reload: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._ops: Any = None
+        self.rt: Runtime | None = None
+        self.enforcer: Enforcer | None = None
+        self._ingest_retry_at = 0.0
+        self.last_reconcile_mono = 0.0
+        self._drops_seen = (0, 0.0)
+
+    # ------------------------------------------------------------------ signals
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.enforcer is not None:
+            self.enforcer.stop()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+        if self.enforcer is not None:
+            self.enforcer.wake.set()
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> int:
+        config = load_config(self.config_path)  # ConfigError: the CLI prints it, exit 2
+        setup_logging(config.service.log_format)
+        try:
+            self._start(config)
+            return self._loop()
+        except RestartNeeded as exc:
+            log.critical("restarting: %s", exc)
+            return EXIT_RESTART
+        finally:
+            self._shutdown()
+
+    def _start(self, config: Config) -> None:
+        self.notifier.notify("STATUS=starting: checking the database")
+        self._open_store(config)
+        rt = self.rt
+        assert rt is not None
+        self.enforcer = Enforcer(
+            rt,
+            poll=self.poll,
+            say=lambda line: log.info(line.removeprefix("userseg: ")),
+            on_reconciled=self._reconciled,
+            on_cycle=lambda: self.beats.beat("enforce", time.monotonic()),
+            kernel=self._timed_kernel,
+        )
+        if self.rebuilt is not None and config.directory is not None:
+            self.enforcer.hold_reason = "database rebuilt: kernel held until the first directory sync"
+        self.beats.register("enforce", max(10.0, 5 * self.poll), time.monotonic())
+        if config.directory is not None:
+            self.notifier.notify("STATUS=starting: first directory sync")
+            self.enforcer.start_directory()
+            self._wait_first_sync(config)
+        self.notifier.notify("STATUS=starting: reconciling the kernel")
+        self._step()
+        self._start_ingest()
+        self._start_ops(config)
+        self.started = True
+        self.notifier.notify("READY=1", f"STATUS={self._status_line()}")
+        log.info("ready: %s", self._status_line())
+
+    def _open_store(self, config: Config) -> None:
+        path = sqlite_path(config.database_url)
+        problem = check_sqlite(path) if path is not None else None
+        if problem is None:
+            try:
+                with Store(config.database_url) as store:
+                    store.upgrade()
+            except StoreError as exc:
+                if not is_corruption(exc):
+                    raise
+                problem = str(exc.__cause__ or exc)
+        self.rt = open_runtime(config)
+        if problem is not None:
+            rt = self.rt
+            self.rebuilt = rebuild(config.database_url, problem, rt.clock.now(), self._kernel_mappings)
+            rt.store.close()
+            rt.store = Store(config.database_url)
+
+    def _kernel_mappings(self) -> list[tuple[IPAddress, str, datetime]]:
+        from userseg.core.recover import kernel_mappings
+
+        assert self.rt is not None
+        return list(kernel_mappings(self.rt.firewall.read()))
+
+    def _wait_first_sync(self, config: Config) -> None:
+        enforcer = self.enforcer
+        assert enforcer is not None and enforcer.service is not None and config.directory is not None
+        timeout = config.service.startup_sync_timeout
+        if not enforcer.service.wait_for_sync(0, timeout):
+            log.warning("first directory sync not finished after %.0f s; continuing from the store", timeout)
+            return
+        outcome = enforcer.service.last_outcome
+        if outcome is not None and not outcome.ok:
+            log.warning(
+                "first directory sync failed (%s); serving from the persisted directory", outcome.error
+            )
+        elif enforcer.hold_reason is not None:
+            enforcer.hold_reason = None
+
+    def _loop(self) -> int:
+        interval = watchdog_interval()
+        next_ping = 0.0
+        next_status = 0.0
+        assert self.rt is not None and self.enforcer is not None
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self._step()
+            now = time.monotonic()
+            self._release_hold()
+            if (
+                self.enforcer.ingest is None
+                and self.rt.config.ingest is not None
+                and now >= self._ingest_retry_at
+            ):
+                self._start_ingest()
+            health = self.health()
+            if interval is not None and now >= next_ping and health.live:
+                self.notifier.notify("WATCHDOG=1")
+                next_ping = now + interval
+            if now >= next_status:
+                self._write_status()
+                next_status = now + self.rt.config.service.status_interval
+            self.enforcer.wake.wait(self.poll)
+        return 0
+
+    def _step(self) -> None:
+        assert self.enforcer is not None
+        try:
+            self.enforcer.step()
+        except StoreError as exc:
+            if is_corruption(exc):
+                raise RestartNeeded(
+                    f"the database broke while running ({exc}); a restart rebuilds it"
+                ) from exc
+            raise
+        if self.enforcer.last_error is not None:
+            self.metrics.errors.labels("reconcile").inc()
+
+    def _release_hold(self) -> None:
+        e = self.enforcer
+        if e is None or e.hold_reason is None or e.service is None:
+            return
+        if e.service.last_outcome is not None and e.service.last_outcome.ok:
+            log.warning("directory read after the database rebuild; enforcing the rebuilt state")
+            e.hold_reason = None
+            e.wake.set()
+
+    def _start_ingest(self) -> None:
+        assert self.enforcer is not None
+        from userseg.events.service import IngestError
+
+        try:
+            self.enforcer.start_ingest()
+            self.ingest_error = None
+            if self.enforcer.ingest is not None:
+                pipeline = self.enforcer.ingest.pipeline
+                self.beats.register("ingest", 30.0, time.monotonic())
+                self._ingest_pipeline_beat = pipeline
+        except (IngestError, OSError) as exc:
+            self.ingest_error = str(exc)
+            self.metrics.errors.labels("ingest_start").inc()
+            self._ingest_retry_at = time.monotonic() + INGEST_RETRY
+            log.error("login sources could not start (retrying in %.0f s): %s", INGEST_RETRY, exc)
+
+    def _start_ops(self, config: Config) -> None:
+        s = config.service
+        if s.ops_host is None:
+            return
+        from userseg.service.ops import ops_app, start_ops_server
+
+        try:
+            self._ops = start_ops_server(
+                ops_app(self.health, self.status_doc, self.metrics.exposition), s.ops_host, s.ops_port
+            )
+            self.ops_error = None
+            host, port = self._ops.address
+            log.info("metrics and health on http://%s:%d/ (/metrics /healthz /readyz /status)", host, port)
+        except Exception as exc:
+            self.ops_error = f"ops endpoint {s.ops_host}:{s.ops_port} could not start: {exc}"
+            log.error("%s", self.ops_error)
+
+    def _shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping; enforcement stays in the kernel")
+        if self.enforcer is not None:
+            self.enforcer.stop_services()
+        if self._ops is not None:
+            self._ops.stop()
+            self._ops = None
+        if self.rt is not None:
+            path = status_path(RUN_DIR, self.rt.config.netns)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            self.rt.close()
+            self.rt.store.close()
+        self.notifier.close()
+        log.info("stopped; the table and its mappings stay in the kernel")
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> bool:
+        """Re-read the config; keep the old one on any error.  True if the new one runs."""
+        assert self.rt is not None and self.enforcer is not None
+        self.notifier.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+        old = self.rt.config
+        try:
+            new = load_config(self.config_path)
+            changed = [k for k in RESTART_KEYS if getattr(new, k) != getattr(old, k)]
+            if changed:
+                raise ConfigError(
+                    [f"{k} changed: needs a restart (systemctl restart userseg)" for k in changed], new.source
+                )
+        except ConfigError as exc:
+            self._reload_done(False, exc.errors)
+            return False
+        self.enforcer.stop_services()
+        self._swap_config(new)
+        try:
+            self.enforcer.start_directory()
+            self._start_ingest_strict()
+        except Exception as exc:
+            log.error("new config could not start its services (%s); going back to the old one", exc)
+            self.enforcer.stop_services()
+            self._swap_config(old)
+            self.enforcer.start_directory()
+            self._start_ingest()
+            self._reload_done(False, [f"starting with the new config failed: {exc}"])
+            return False
+        setup_logging(new.service.log_format)
+        self.enforcer.request_full_sync()
+        self._reload_done(True, [])
+        return True
+
+    def _start_ingest_strict(self) -> None:
+        assert self.enforcer is not None
+        self.enforcer.start_ingest()
+        self.ingest_error = None
+        if self.enforcer.ingest is not None:
+            self._ingest_pipeline_beat = self.enforcer.ingest.pipeline
+
+    def _swap_config(self, config: Config) -> None:
+        assert self.rt is not None
+        self.rt.reset_directory()
+        self.rt.config = config
+
+    def _reload_done(self, ok: bool, errors: list[str]) -> None:
+        self.metrics.reloads.labels("ok" if ok else "rejected").inc()
+        self.last_reload = {"at": time.time(), "ok": ok, "errors": errors}
+        if ok:
+            log.info("config reloaded from %s", self.config_path)
+        else:
+            for e in errors:
+                log.error("config reload rejected, the old config keeps running: %s", e)
+        status = "reloaded" if ok else f"reload rejected: {'; '.join(errors)[:200]}"
+        self.notifier.notify("READY=1", f"STATUS={status}")
+
+    # ------------------------------------------------------------------ health and status
+
+    def _timed_kernel(self, inner: KernelMappings) -> KernelMappings:
+        return TimedKernel(inner, self.metrics)
+
+    def _reconciled(self, report: SyncReport) -> None:
+        self.last_reconcile_mono = time.monotonic()
+        self.metrics.apply_seconds.labels("full").observe(report.seconds)
+
+    def health(self) -> Health:
+        now = time.monotonic()
+        pipeline = getattr(self, "_ingest_pipeline_beat", None)
+        if pipeline is not None and self.enforcer is not None and self.enforcer.ingest is not None:
+            self.beats.beat("ingest", pipeline.last_cycle)
+        assert self.rt is not None
+        return assess(
+            HealthFacts(
+                started=self.started,
+                stuck_loops=self.beats.stuck(now),
+                reconcile_error=self.enforcer.last_error if self.enforcer else None,
+                degraded=tuple(status_mod.degraded_reasons(self)),
+            )
+        )
+
+    def status_doc(self) -> dict[str, Any]:
+        return status_mod.status_doc(self)
+
+    def _status_line(self) -> str:
+        return status_mod.status_line(self)
+
+    def _write_status(self) -> None:
+        assert self.rt is not None
+        try:
+            write_status(status_path(RUN_DIR, self.rt.config.netns), self.status_doc())
+        except OSError as exc:
+            log.warning("cannot write the status file: %s", exc)
+
+
+def serve(config_path: Path) -> int:
+    service = Service(config_path)
+    service.install_signal_handlers()
+    os.umask(0o027)
+    return service.run()
