@@ -454,6 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"userseg: error: {exc}", file=sys.stderr)
         return 2
     except FirewallError as exc:
+        if "Operation not permitted" in str(exc):
+            print(
+                "userseg: error: the kernel refused netlink access (Operation not permitted): "
+                f"run as root or with CAP_NET_ADMIN; nothing was changed ({exc})",
+                file=sys.stderr,
+            )
+            return 1
         print(f"userseg: firewall refused the change (kernel unchanged): {exc}", file=sys.stderr)
         return 1
     except IngestError as exc:

@@ -69,6 +69,7 @@ class Enforcer:
         self.last_report: SyncReport | None = None
         self.last_error: str | None = None
         self.reconciled = 0  # successful reconciles (status, tests)
+        self.busy_since: float | None = None  # monotonic start of the reconcile in progress
         self._seen = -1
         self._next_full = 0.0
 
@@ -85,7 +86,11 @@ class Enforcer:
         # The snapshot is read under the reconciler's lock: a login applied by the fast
         # path in between would otherwise be undone by a sync from an older snapshot.
         with reconcile_lock(self.rt.config.netns), self.rt.reconciler.lock:
-            report = self.rt.reconciler.full_sync(self.rt.snapshot())
+            self.busy_since = time.monotonic()  # locks held: from here on it is work, not waiting
+            try:
+                report = self.rt.reconciler.full_sync(self.rt.snapshot())
+            finally:
+                self.busy_since = None
         self.last_report, self.last_error = report, None
         self.reconciled += 1
         if self.on_reconciled is not None:

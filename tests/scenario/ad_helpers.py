@@ -49,6 +49,10 @@ client_interfaces = ["{lab.client_if}"]
 netns = "{lab.gateway_ns}"
 resync_interval = 30
 
+[service]
+listen = "127.0.0.1:0"
+status_interval = 0.2
+
 [[gateway.infrastructure]]
 name = "domain-controllers"
 destinations = [{infra}]
@@ -79,11 +83,11 @@ action = "allow"
 
 
 class Enforcer:
-    """`userseg enforce` in the background, its output collected so tests can wait on lines."""
+    """`userseg serve` in the background, its log collected so tests can wait on lines."""
 
     def __init__(self, cfg: Path) -> None:
         self.proc = subprocess.Popen(
-            [*USERSEG, "--config", str(cfg), "enforce"],
+            [*USERSEG, "--config", str(cfg), "serve"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from userseg.lab import Lab
@@ -83,27 +81,3 @@ def userseg(cfg: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"userseg {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
-
-
-def start_enforcer(cfg: Path) -> subprocess.Popen[str]:
-    """Start `userseg enforce` and return once it reports being in step with the kernel."""
-    proc = subprocess.Popen(
-        [*USERSEG, "--config", str(cfg), "enforce"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(cfg.parent),
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if "kernel in step" in line:
-            return proc
-    proc.kill()
-    raise AssertionError(f"enforcer did not become ready: {proc.stderr.read() if proc.stderr else ''}")

@@ -9,8 +9,11 @@ carried by the AD change notification.
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,24 +136,77 @@ def test_dc_down_keeps_the_last_state_and_recovers(
             enforcer.wait_for("kernel in step")
             enforcer.wait_for("sync failed; keeping the last good state")
             assert _reach(ad_lab) == "open"
-            status = json.loads(userseg(cfg, "status", "--json").stdout)["directory"]
-            assert status["servers"][0]["last_error"], status
-            assert status["servers"][0]["last_success"] is not None
+            status = json.loads(userseg(cfg, "status", "--json").stdout)
+            directory = status["directory"]
+            assert directory["servers"][0]["last_error"], directory
+            assert directory["servers"][0]["last_success"] is not None
+            # Ready (the kernel holds the last good state) but degraded; /readyz?strict=1 says 503.
+            poll(lambda: _service(cfg)["health"]["status"] == "degraded", 10)
+            health = _service(cfg)["health"]
+            assert health["ready"] is True
+            assert any("directory: last sync failed" in r for r in health["reasons"]), health
+            assert _get(cfg, "/readyz")[0] == 200
+            assert _get(cfg, "/readyz?strict=1")[0] == 503
             samba_dc.start()
-            poll(
-                lambda: (
-                    not json.loads(userseg(cfg, "status", "--json").stdout)["directory"]["servers"][0][
-                        "last_error"
-                    ]
-                ),
-                60,
-            )
+            poll(lambda: _service(cfg)["health"]["status"] == "ok", 60)
+            assert not _service(cfg)["directory"]["servers"][0]["last_error"]
+            assert _get(cfg, "/readyz?strict=1")[0] == 200
             assert _reach(ad_lab) == "open"
         finally:
             enforcer.stop()
     finally:
         if not samba_dc.is_running():
             samba_dc.start()
+
+
+def test_kill_9_during_a_directory_sync_converges_after_restart(
+    ad_lab: Lab, samba_dc: SambaDC, ad_case: tuple[str, str, Path]
+) -> None:
+    """A sync interrupted by kill -9 leaves nothing half-written; the restarted service converges."""
+    user, group, cfg = ad_case
+    samba_dc.samba_tool("group", "addmembers", group, user)
+    db = cfg.parent / "userseg.db"
+    landed = False
+    for _attempt in range(5):
+        for f in cfg.parent.glob("userseg.db*"):
+            f.unlink()
+        userseg(cfg, "db", "upgrade")
+        userseg(cfg, "map", "add", user, CLIENT_IP, "--no-apply")
+        enforcer = Enforcer(cfg)
+        try:
+            enforcer.wait_for("first directory sync")
+            enforcer.proc.kill()  # the sync is running (it takes ~100 ms here)
+        finally:
+            enforcer.stop()
+        directory = json.loads(userseg(cfg, "status", "--json", check=False).stdout)["directory"]
+        if not directory["servers"]:  # killed before the sync committed: nothing written
+            landed = True
+            assert json.loads(userseg(cfg, "users", "--json").stdout) == []
+            break
+    assert landed, "no kill landed during the sync; the test proves nothing"
+    assert db.exists()
+    enforcer = Enforcer(cfg)
+    try:
+        enforcer.wait_for("kernel in step")
+        assert _reach(ad_lab) == "open"
+        assert _service(cfg)["health"]["status"] == "ok"
+    finally:
+        enforcer.stop()
+
+
+def _service(cfg: Path) -> dict[str, Any]:
+    doc = json.loads(userseg(cfg, "status", "--json", check=False).stdout)["service"]
+    assert doc is not None, "no running service reported"
+    return dict(doc)
+
+
+def _get(cfg: Path, path: str) -> tuple[int, str]:
+    host, port = _service(cfg)["ops"]["address"]
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def test_failover_to_the_second_dc_when_the_first_is_down(

@@ -137,3 +137,41 @@ def test_a_bad_config_at_start_exits_2_with_the_reason(lab: Lab, tmp_path: Path)
     )
     assert proc.returncode == 2
     assert "service.listen" in proc.stderr and "HOST:PORT" in proc.stderr, proc.stderr
+
+
+def test_a_stuck_loop_fails_healthz_and_stops_watchdog_pings(lab: Lab, tmp_path: Path) -> None:
+    """Another process holds the reconcile lock forever: the enforce loop hangs at its next resync."""
+    import fcntl
+    import os
+    import time
+
+    cfg = _prepare(lab, tmp_path)
+    svc = ServiceProcess(cfg, netns=lab.gateway_ns, watchdog_usec=1_000_000)
+    lock_path = tmp_path / "run" / f"reconcile-{lab.gateway_ns}.lock"
+    fd = -1
+    try:
+        svc.wait_ready()
+        assert svc.wait_message(lambda d: d == "WATCHDOG=1", 5) is not None
+        fd = os.open(lock_path, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + 30
+        while svc.get("/healthz")[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling the endpoint with a deadline
+        code, body = svc.get("/healthz")
+        assert code == 503 and "loop not progressing: enforce" in body, body
+        assert svc.get("/readyz")[0] == 503
+        pings = svc.count("WATCHDOG=1")
+        time.sleep(1.5)  # three watchdog half-periods: a live service would have pinged
+        assert svc.count("WATCHDOG=1") == pings
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert svc.wait_message(lambda d: d == "WATCHDOG=1" and svc.count("WATCHDOG=1") > pings, 10)
+        deadline = time.monotonic() + 10
+        while svc.get("/healthz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert svc.get("/healthz")[0] == 200
+        assert svc.stop() == 0
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        svc.kill()
+        _cleanup(lab)

@@ -257,6 +257,11 @@ format = "nxlog"
     svc = ServiceProcess(cfg, netns=lab.gateway_ns)
     try:
         svc.wait_ready()
+        # One datagram first: the path from the client to the listener works before the flood.
+        lab.run("c1", ["python3", "-c", FLOOD, "198.18.10.1", "16515", "0.01"], timeout=60)
+        svc.wait_status(
+            lambda d: (d["ingest"]["sources"]["flood"]["reader"] or {}).get("received", 0) > 0, 20
+        )
         pid = svc.proc.pid
         base = _rss_mb(pid)
         sent: list[int] = []
@@ -282,18 +287,30 @@ format = "nxlog"
         assert len(sent) == 3 and sum(sent) > 0
         doc = svc.wait_status(lambda d: d["ingest"]["queue_depth"] == 0, 60)
         counters = doc["ingest"]["sources"]["flood"]["counters"]
+        print(json.dumps(doc["ingest"]["sources"]["flood"]["reader"]))
         print(
             f"flood: sent {sum(sent)} in 8 s, received {counters.get('received')}, "
             f"dropped {counters.get('dropped')}, "
             f"RSS {base:.0f} -> peak {peak:.0f} MB, slowest /healthz {slowest * 1000:.0f} ms"
         )
-        assert counters.get("dropped", 0) > 0, counters  # the bounded queue overflowed, counted
+        # Every loss is counted: by the bounded queue, or by the kernel on a full socket buffer.
+        assert counters.get("dropped", 0) + counters.get("kernel_dropped", 0) > 0, counters
         assert peak - base < 150, (base, peak)
         assert slowest < 2.0
         code, metrics = svc.get("/metrics")
-        assert 'userseg_events_total{outcome="dropped",source="flood"}' in metrics
-        # Still working after the flood: a new login maps.
-        assert probe_tcp(lab, "c1", ALICE, FIN, 443) == "open"
+        lost = "dropped" if counters.get("dropped") else "kernel_dropped"
+        assert f'userseg_events_total{{outcome="{lost}",source="flood"}}' in metrics
+        # Still working after the flood: a new login of a directory user maps and opens traffic.
+        login = (
+            b'<86>1 2026-11-22T08:00:00Z fwd nxlog - - - {"EventID":4624,"TargetUserName":"bob",'
+            b'"IpAddress":"' + BOB.encode() + b'","LogonType":3,"EventTime":"2030-01-01 08:00:00"}'
+        )
+        send = "import socket,sys; socket.socket(2, 2).sendto(sys.argv[1].encode(), ('198.18.10.1', 16515))"
+        deadline = time.monotonic() + 20
+        while probe_tcp(lab, "c1", BOB, HR, 443, timeout=0.3) != "open" and time.monotonic() < deadline:
+            lab.run("c1", ["python3", "-c", send, login.decode()])  # UDP: resent until it lands
+            time.sleep(0.2)
+        assert probe_tcp(lab, "c1", BOB, HR, 443) == "open"
         assert svc.stop() == 0
     finally:
         svc.kill()

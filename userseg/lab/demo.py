@@ -16,14 +16,17 @@ packets; nothing is mocked.  `--keep` leaves the lab up until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from userseg.lab import ClientSpec, Lab, LabSpec, LongConnection, ServerSpec, probe_tcp
@@ -67,6 +70,9 @@ bind_user = "{dc.admin_user}"
 password_file = "{workdir}/bind.pw"
 ca_file = "{dc.ca_file}"
 server_names = ["{dc.fqdn}"]
+
+[service]
+listen = "127.0.0.1:0"   # metrics and health on a free loopback port (shown by `userseg status --json`)
 
 [ingest]
 [[ingest.sources]]
@@ -112,6 +118,16 @@ action = "allow"
 """
 
 
+POLICY_ADDED = """
+[[policies]]
+name = "finance-reads-hr"
+priority = 40
+subjects = ["group:Finance-Admins"]
+application = "hr-portal"
+action = "allow"
+"""
+
+
 class Demo:
     def __init__(self, lab: Lab, workdir: Path, dc: SambaDC) -> None:
         self.lab = lab
@@ -123,7 +139,7 @@ class Demo:
         pw.chmod(0o600)
         self.config.write_text(config_text(lab, workdir, dc))
         self.env = {**os.environ, "USERSEG_CONFIG": str(self.config), "USERSEG_RUN_DIR": str(workdir / "run")}
-        self.enforcer: subprocess.Popen[str] | None = None
+        self.service: subprocess.Popen[str] | None = None
 
     color = sys.stdout.isatty()
 
@@ -154,37 +170,58 @@ class Demo:
         if out:
             print("  " + out.replace("\n", "\n  "), flush=True)
 
-    def start_enforcer(self) -> None:
-        print("$ userseg enforce &", flush=True)
-        self.enforcer = subprocess.Popen(
-            [sys.executable, "-m", "userseg.cli", "enforce"],
+    def start_service(self) -> None:
+        print("$ userseg serve &     (what systemd runs: Type=notify, sd_notify READY=1)", flush=True)
+        self.service = subprocess.Popen(
+            [sys.executable, "-m", "userseg.cli", "serve"],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         ready = threading.Event()
+        self._reloaded = threading.Event()
 
         def relay() -> None:
-            assert self.enforcer is not None and self.enforcer.stdout is not None
-            for line in self.enforcer.stdout:
-                print(self.paint("36", f"  [enforce] {line.rstrip()}"), flush=True)
-                if "kernel in step" in line:
+            assert self.service is not None and self.service.stdout is not None
+            for line in self.service.stdout:
+                text = line.rstrip()
+                if text[:1] == "<" and ">" in text[:4]:
+                    text = text[text.index(">") + 1 :]  # the journald priority prefix
+                print(self.paint("36", f"  [serve] {text}"), flush=True)
+                if "userseg.serve: ready:" in text:
                     ready.set()
+                if "config reloaded" in text:
+                    self._reloaded.set()
 
         threading.Thread(target=relay, daemon=True).start()
-        if not ready.wait(60):
-            raise SystemExit("demo: `userseg enforce` did not start")
+        if not ready.wait(90):
+            raise SystemExit("demo: `userseg serve` did not become ready")
 
-    def stop_enforcer(self) -> None:
-        if self.enforcer is not None and self.enforcer.poll() is None:
-            self.enforcer.terminate()
+    def stop_service(self) -> None:
+        if self.service is not None and self.service.poll() is None:
+            self.service.terminate()
             try:
-                self.enforcer.wait(20)
+                self.service.wait(20)
             except subprocess.TimeoutExpired:  # a long revocation sweep in progress; the lab goes anyway
-                print("  (userseg enforce did not stop within 20 s of SIGTERM; killed)", flush=True)
-                self.enforcer.kill()
-                self.enforcer.wait(5)
+                print("  (userseg serve did not stop within 20 s of SIGTERM; killed)", flush=True)
+                self.service.kill()
+                self.service.wait(5)
+
+    def ops(self, path: str, grep: str | None = None) -> None:
+        status = json.loads(self.userseg_quiet("status", "--json"))["service"]
+        host, port = status["ops"]["address"]
+        print(f"$ curl -s http://{host}:{port}{path}" + (f" | grep {grep}" if grep else ""), flush=True)
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as r:
+            body = r.read().decode()
+        lines = [ln for ln in body.splitlines() if grep is None or (grep in ln and not ln.startswith("#"))]
+        print("  " + "\n  ".join(lines[:14]), flush=True)
+
+    def userseg_quiet(self, *args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "userseg.cli", *args], env=self.env, capture_output=True, text=True
+        )
+        return proc.stdout
 
     def connects(self, client: str, src: str, dst: str, port: int) -> str:
         """A plain TCP connect: Samba's LDAP sends no greeting line for probe_tcp to read."""
@@ -261,8 +298,8 @@ class Demo:
         self.userseg("db", "upgrade")
         self.userseg("sync", "--full")
         self.userseg("groups")
-        self.say("The enforcer runs: it follows AD change notifications and keeps the kernel in step")
-        self.start_enforcer()
+        self.say("The service starts: first directory sync, kernel read back and reconciled, then READY")
+        self.start_service()
         self.say("Nobody logged on: unknown clients reach only the domain controller")
         self.matrix(everyone)
 
@@ -312,8 +349,19 @@ class Demo:
         self.until("bob-pc", BOB_PC, HR, 443, "refused", start)
         self.userseg("mappings")
 
-        self.say("State of the gateway")
+        self.say("The admin adds a policy to the config and reloads (systemctl reload userseg = SIGHUP)")
+        with self.config.open("a") as f:
+            f.write(POLICY_ADDED)
+        assert self.service is not None
+        self.service.send_signal(signal.SIGHUP)
+        self._reloaded.wait(30)
+        start = time.monotonic()
+        self.until("alice-pc", ALICE_PC, HR, 443, "open", start, "the reload")
+
+        self.say("State of the gateway: health, readiness and Prometheus metrics")
         self.userseg("status")
+        self.ops("/readyz")
+        self.ops("/metrics", "userseg_")
         table = self.lab.run("gateway", ["nft", "list", "chain", "inet", "userseg", "police"]).stdout
         print("$ nft list chain inet userseg police\n  " + table.strip().replace("\n", "\n  "))
 
@@ -332,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             demo.run()
         except BaseException:
-            demo.stop_enforcer()
+            demo.stop_service()
             raise
         if args.keep:
             print(
@@ -345,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        demo.stop_enforcer()
+        demo.stop_service()
     print("\nDemo finished; lab torn down.")
     return 0
 

@@ -8,6 +8,7 @@ counter elsewhere (apply latency, errors by kind, reloads) is recorded here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from time import perf_counter
@@ -20,12 +21,16 @@ from prometheus_client.registry import Collector
 from userseg.events.pipeline import KernelMappings
 from userseg.model import IPAddress
 
+log = logging.getLogger("userseg.metrics")
+
 APPLY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 
 class ServiceMetrics:
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        # First, so that a failed status read counted during a scrape shows in that scrape.
+        self.registry.register(_StatusCollector(status, lambda: self.errors.labels("status").inc()))
         self.apply_seconds = Histogram(
             "userseg_apply_seconds",
             "Time to bring the kernel in step: full reconcile, or one batch of login changes",
@@ -39,7 +44,6 @@ class ServiceMetrics:
         self.reloads = Counter(
             "userseg_config_reloads", "Config reloads by result", ["result"], registry=self.registry
         )
-        self.registry.register(_StatusCollector(status))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -65,11 +69,20 @@ class TimedKernel:
 
 
 class _StatusCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], failed: Callable[[], None]) -> None:
         self._status = status
+        self._failed = failed
 
     def collect(self) -> Iterator[Metric]:
-        doc = self._status()
+        try:
+            doc = self._status()
+        except Exception as exc:
+            # The status document reads the store, which can be locked or broken: the
+            # scrape must still answer (up, errors, apply latency), not fail whole.
+            log.warning("metrics: cannot read the service status: %s", exc)
+            self._failed()
+            yield GaugeMetricFamily("userseg_up", "The service is running", value=1)
+            return
         health = doc["health"]
         for name, value, text in (
             ("userseg_up", 1, "The service is running"),

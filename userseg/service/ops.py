@@ -14,13 +14,17 @@ from typing import Any
 from flask import Flask, Response, request
 
 from userseg.service.health import Health
-from userseg.web.server import ApiServer, secure_headers
+from userseg.web.server import ApiServer, install_json_errors, secure_headers
+
+# The text format generate_latest() writes; content_type, not mimetype: Flask would add a second charset.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def ops_app(
     health: Callable[[], Health], status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
 ) -> Flask:
     app = Flask("userseg.ops")
+    install_json_errors(app)  # a 404 or a failing status read answers JSON, never an HTML page
 
     def answer(ok: bool, doc: object) -> Response:
         return secure_headers(
@@ -35,7 +39,7 @@ def ops_app(
     @app.get("/readyz")
     def readyz() -> Response:
         h = health()
-        strict = request.args.get("strict", "") in ("1", "true", "yes")
+        strict = request.args.get("strict", "").lower() in ("1", "true", "yes")
         return answer(h.ready and not (strict and h.reasons), h.doc())
 
     @app.get("/status")
@@ -44,7 +48,7 @@ def ops_app(
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        return Response(metrics(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+        return secure_headers(Response(metrics(), content_type=METRICS_CONTENT_TYPE))
 
     return app
 

@@ -25,11 +25,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from userseg.model import IPAddress, Mapping
-from userseg.store import Store, StoreError
+from userseg.store import Store, StoreError, is_corruption
 
 log = logging.getLogger("userseg.recovery")
 
 RECOVERED_SOURCE = "kernel-recovery"
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")  # the database and what SQLite keeps beside it
 
 
 @dataclass(frozen=True)
@@ -54,27 +55,31 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def check_sqlite(path: Path) -> str | None:
+def check_sqlite(path: Path, timeout: float = 30.0) -> str | None:
     """None if the file is absent or sound, else what is wrong with it.
 
     `PRAGMA quick_check` reads every page (O(size), ~0.1 s per 50 MB) but skips
-    the index cross-checks of integrity_check; a busy database is not corrupt,
-    so "locked" errors propagate instead of being reported here.
+    the index cross-checks of integrity_check.  Only damage is reported here; a
+    database locked past `timeout` seconds, or one that cannot be opened, raises
+    StoreError (is_transient), because it is not corrupt.
     """
     if not path.exists() or path.stat().st_size == 0:
         return None
+    # A percent-encoded URI: a "?", "#" or "%" in the path would otherwise end the
+    # file name early, and SQLite would check (and create) some other file.
+    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        con = sqlite3.connect(uri, uri=True, timeout=timeout)
         try:
             rows = con.execute("PRAGMA quick_check").fetchall()
         finally:
             con.close()
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise
-        return str(exc)
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        if is_corruption(exc):
+            return str(exc)
+        # Locked, unreadable, not a file: the file may be fine, and moving it aside would
+        # throw away a sound database.  The caller retries (systemd restarts the service).
+        raise StoreError(f"cannot check the database {path}: {exc}") from exc
     problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
     return "; ".join(problems[:3]) or None
 
@@ -84,10 +89,11 @@ def move_aside(path: Path, now: datetime) -> Path:
     stamp = now.strftime("%Y%m%dT%H%M%S")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
-    while target.exists():
+    # Any earlier file of that name, main or side file, is evidence: never replaced.
+    while any(Path(str(target) + suffix).exists() for suffix in _SIDE_FILES):
         n += 1
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in _SIDE_FILES:
         side = Path(str(path) + suffix)
         if side.exists():
             side.rename(Path(str(target) + suffix))

@@ -51,12 +51,21 @@ log = logging.getLogger("userseg.serve")
 
 EXIT_CONFIG = 2
 EXIT_RESTART = 75  # EX_TEMPFAIL: something needs a fresh start (e.g. the database broke while running)
+EXIT_UNAVAILABLE = 1  # the store could not be opened: systemd retries (Restart=on-failure)
+EXIT_PRIVILEGE = 78  # EX_CONFIG: missing CAP_NET_ADMIN; restarting cannot help (RestartPreventExitStatus)
 RESTART_KEYS = ("database_url", "netns")  # changing these needs a restart, not a reload
 INGEST_RETRY = 30.0  # seconds between attempts to start login sources that failed to start
+RECONCILE_LIMIT = 600.0  # a reconcile running longer than this counts as hung
+ENFORCE_DEADLINE = 15.0  # the enforce loop must come round this often (outside reconciles)
+INGEST_DEADLINE = 30.0  # the ingest worker wakes at least every second when idle
 
 
 class RestartNeeded(Exception):
     """The service must exit and be restarted (systemd: Restart=on-failure)."""
+
+
+class NotPermitted(Exception):
+    """The kernel refused us netlink access: a deployment problem, not a transient one."""
 
 
 class Service:
@@ -81,6 +90,7 @@ class Service:
         self._ingest_retry_at = 0.0
         self.last_reconcile_mono = 0.0
         self._drops_seen = (0, 0.0)
+        self._source_errors: dict[str, tuple[int, float]] = {}
 
     # ------------------------------------------------------------------ signals
 
@@ -106,12 +116,19 @@ class Service:
     def run(self) -> int:
         config = load_config(self.config_path)  # ConfigError: the CLI prints it, exit 2
         setup_logging(config.service.log_format)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
         try:
             self._start(config)
             return self._loop()
         except RestartNeeded as exc:
             log.critical("restarting: %s", exc)
             return EXIT_RESTART
+        except NotPermitted as exc:
+            log.critical("%s", exc)
+            return EXIT_PRIVILEGE
+        except StoreError as exc:  # unreachable or unusable database: worth a retry by systemd
+            log.critical("cannot use the database: %s", exc)
+            return EXIT_UNAVAILABLE
         finally:
             self._shutdown()
 
@@ -130,13 +147,21 @@ class Service:
         )
         if self.rebuilt is not None and config.directory is not None:
             self.enforcer.hold_reason = "database rebuilt: kernel held until the first directory sync"
-        self.beats.register("enforce", max(10.0, 5 * self.poll), time.monotonic())
+        self.beats.register("enforce", max(ENFORCE_DEADLINE, 5 * self.poll), time.monotonic())
         if config.directory is not None:
             self.notifier.notify("STATUS=starting: first directory sync")
+            log.info("first directory sync (waiting up to %.0f s)", config.service.startup_sync_timeout)
             self.enforcer.start_directory()
             self._wait_first_sync(config)
         self.notifier.notify("STATUS=starting: reconciling the kernel")
         self._step()
+        error = self.enforcer.last_error or ""
+        if "Operation not permitted" in error or "[Errno 1]" in error:
+            raise NotPermitted(
+                "the kernel refused nftables/netlink access (Operation not permitted): the service needs "
+                "CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN, as in systemd/userseg.service); "
+                f"nothing was changed. Detail: {error}"
+            )
         self._start_ingest()
         self._start_ops(config)
         self.started = True
@@ -183,32 +208,48 @@ class Service:
             enforcer.hold_reason = None
 
     def _loop(self) -> int:
-        interval = watchdog_interval()
-        next_ping = 0.0
-        next_status = 0.0
         assert self.rt is not None and self.enforcer is not None
-        while not self._stop.is_set():
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
-            self._step()
-            now = time.monotonic()
-            self._release_hold()
-            if (
-                self.enforcer.ingest is None
-                and self.rt.config.ingest is not None
-                and now >= self._ingest_retry_at
-            ):
-                self._start_ingest()
-            health = self.health()
-            if interval is not None and now >= next_ping and health.live:
-                self.notifier.notify("WATCHDOG=1")
-                next_ping = now + interval
-            if now >= next_status:
-                self._write_status()
-                next_status = now + self.rt.config.service.status_interval
-            self.enforcer.wake.wait(self.poll)
+        monitor = threading.Thread(target=self._monitor, name="userseg-monitor", daemon=True)
+        monitor.start()
+        try:
+            while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                self._step()
+                self._release_hold()
+                if (
+                    self.enforcer.ingest is None
+                    and self.rt.config.ingest is not None
+                    and time.monotonic() >= self._ingest_retry_at
+                ):
+                    self._start_ingest()
+                self.enforcer.wake.wait(self.poll)
+        finally:
+            self._stop.set()
+            monitor.join(5)
         return 0
+
+    def _monitor(self) -> None:
+        """WATCHDOG=1 and the status file, on their own thread: a long reconcile (seconds at
+        250k mappings) is work, not a hang, and must neither delay the pings nor freeze the
+        status; a loop that really stops progressing stops the pings (health.live)."""
+        assert self.rt is not None
+        interval = watchdog_interval()
+        next_ping = next_status = 0.0
+        tick = min(0.2, self.rt.config.service.status_interval, interval or 0.2)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if interval is not None and now >= next_ping and self.health().live:
+                    self.notifier.notify("WATCHDOG=1")
+                    next_ping = now + interval
+                if now >= next_status:
+                    self._write_status()
+                    next_status = now + self.rt.config.service.status_interval
+            except Exception:  # the monitor must outlive a bad status read
+                log.exception("status/watchdog monitor: unexpected error")
+            self._stop.wait(tick)
 
     def _step(self) -> None:
         assert self.enforcer is not None
@@ -237,12 +278,7 @@ class Service:
         from userseg.events.service import IngestError
 
         try:
-            self.enforcer.start_ingest()
-            self.ingest_error = None
-            if self.enforcer.ingest is not None:
-                pipeline = self.enforcer.ingest.pipeline
-                self.beats.register("ingest", 30.0, time.monotonic())
-                self._ingest_pipeline_beat = pipeline
+            self._start_ingest_strict()
         except (IngestError, OSError) as exc:
             self.ingest_error = str(exc)
             self.metrics.errors.labels("ingest_start").inc()
@@ -302,6 +338,7 @@ class Service:
             self._reload_done(False, exc.errors)
             return False
         self.enforcer.stop_services()
+        self.beats.unregister("ingest")
         self._swap_config(new)
         try:
             self.enforcer.start_directory()
@@ -320,11 +357,13 @@ class Service:
         return True
 
     def _start_ingest_strict(self) -> None:
+        """Start the login sources (if configured); the ingest heartbeat follows whether they run."""
         assert self.enforcer is not None
+        self.beats.unregister("ingest")
         self.enforcer.start_ingest()
         self.ingest_error = None
         if self.enforcer.ingest is not None:
-            self._ingest_pipeline_beat = self.enforcer.ingest.pipeline
+            self.beats.register("ingest", INGEST_DEADLINE, time.monotonic())
 
     def _swap_config(self, config: Config) -> None:
         assert self.rt is not None
@@ -353,9 +392,11 @@ class Service:
 
     def health(self) -> Health:
         now = time.monotonic()
-        pipeline = getattr(self, "_ingest_pipeline_beat", None)
-        if pipeline is not None and self.enforcer is not None and self.enforcer.ingest is not None:
-            self.beats.beat("ingest", pipeline.last_cycle)
+        e = self.enforcer
+        if e is not None and e.busy_since is not None and now - e.busy_since < RECONCILE_LIMIT:
+            self.beats.beat("enforce", now)  # inside a reconcile (locks held): working, not hung
+        if e is not None and e.ingest is not None:
+            self.beats.beat("ingest", e.ingest.pipeline.last_cycle)
         assert self.rt is not None
         return assess(
             HealthFacts(

@@ -95,10 +95,16 @@ def status_doc(svc: Service) -> dict[str, Any]:
     if rt.config.ingest is not None:
         persisted = cli_ingest.ingest_status(rt)
         live = ingest.pipeline.counters() if ingest is not None else {}
-        where = {s.name: s.where for s in ingest.status()} if ingest is not None else {}
+        running = {s.name: s for s in ingest.status()} if ingest is not None else {}
         sources = {}
         for name, s in persisted.items():
-            sources[name] = {**s, "counters": live.get(name, s["counters"]), "where": where.get(name)}
+            r = running.get(name)
+            sources[name] = {
+                **s,
+                "counters": live.get(name, s["counters"]),
+                "where": r.where if r is not None else None,
+                "reader": r.stats if r is not None else None,  # the source's own counters
+            }
         doc["ingest"] = {
             "running": ingest is not None,
             "error": svc.ingest_error,

@@ -14,11 +14,13 @@ being drained; a large SO_RCVBUF absorbs bursts.  TCP and TLS emit with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import selectors
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ log = logging.getLogger("userseg.syslog")
 
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 UDP_BATCH = 512  # datagrams drained per wake-up before the stop flag is looked at again
+SO_MEMINFO, SK_MEMINFO_VARS, SK_MEMINFO_DROPS = 55, 9, 8  # <linux/sock_diag.h>
+UDP_POLL = 0.25  # seconds: the longest a missed wakeup can leave queued datagrams unread
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; typeshed lacks it
 
 
@@ -124,6 +128,8 @@ class SyslogListener:
         self._exited = False
         self._thread_owns_wake = False
         self._address: tuple[str, int] | None = None
+        self._udp_socket: socket.socket | None = None
+        self._kernel_drops = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -133,7 +139,19 @@ class SyslogListener:
         return self._address
 
     def stats(self) -> SyslogStats:
-        return self._ingress.stats()
+        return dataclasses.replace(self._ingress.stats(), kernel_dropped=self._kernel_dropped())
+
+    def _kernel_dropped(self) -> int:
+        """The socket's drop counter (SK_MEMINFO_DROPS): datagrams lost before we could read
+        them, which the queue's own `dropped` cannot see.  Kept after the socket closes."""
+        sock = self._udp_socket
+        if sock is not None and sock.fileno() >= 0:
+            try:
+                info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+                self._kernel_drops = struct.unpack(f"{SK_MEMINFO_VARS}I", info)[SK_MEMINFO_DROPS]
+            except OSError:
+                pass
+        return self._kernel_drops
 
     def start(self) -> None:
         """Bind now (so a busy port or a bad certificate fails the caller), then serve on a thread."""
@@ -142,6 +160,8 @@ class SyslogListener:
         context = self._tls_context() if self._tls is not None else None
         sock = self._bind()
         self._address = sock.getsockname()[:2]
+        if self.scheme == "udp":
+            self._udp_socket = sock
         # Everything the thread needs is made here, so that running out of descriptors (or of
         # threads) fails start() instead of killing the thread after start() returned.
         opened: list[int] = []
@@ -278,7 +298,11 @@ class SyslogListener:
         view = memoryview(buffer)
         check = bool(ingress.allowed)
         while not self._stopping.is_set():
-            selector.select()
+            # A timeout, and a read attempt whether or not select reported the socket: under a
+            # flood that overflows the receive buffer we have seen Linux 6.18 leave megabytes
+            # queued with no further wakeup (every new datagram dropped, none announced), so
+            # the listener slept on a full socket.  Trying every UDP_POLL seconds bounds that.
+            selector.select(UDP_POLL)
             try:
                 for _ in range(UDP_BATCH):
                     try:

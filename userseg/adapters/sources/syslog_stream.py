@@ -55,6 +55,7 @@ class SyslogStats:
     refused_connections: int  # over max_connections
     idle_closed: int
     errors: int  # unexpected exceptions caught by the loop (bugs; see the log)
+    kernel_dropped: int = 0  # UDP: datagrams the kernel dropped on a full receive buffer (SO_MEMINFO)
 
 
 class RateLimitedLog:
