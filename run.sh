@@ -49,6 +49,7 @@ case "${1:-}" in
     .venv/bin/python -m bench.bench_reconcile
     .venv/bin/python -m bench.bench_packet_path
     .venv/bin/python -m bench.bench_directory
+    .venv/bin/python -m bench.bench_service
     ;;
   *) echo "usage: bash run.sh demo|test|setup|bench" >&2; exit 2 ;;
 esac

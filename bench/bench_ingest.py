@@ -49,6 +49,26 @@ DOMAIN_SID = "S-1-5-21-2912434476-2553157008-4068195788"
 GROUPS = 50
 
 
+def service_toml(url: str, lab: Lab, api_port: int = 18443) -> str:
+    """The config head the service benches share: the lab's gateway, a big ingest queue,
+    the push API on loopback inside the gateway namespace (login sources follow)."""
+    return f"""
+[database]
+url = "{url}"
+[gateway]
+client_interfaces = ["{lab.client_if}"]
+netns = "{lab.gateway_ns}"
+resync_interval = 3600
+[mappings]
+default_ttl = 2700
+[ingest]
+queue_size = 100000
+[ingest.api]
+listen = "127.0.0.1:{api_port}"
+max_body = 4194304
+"""
+
+
 def samba_line(user: str, addr: str, now: datetime, n: int) -> str:
     """A real Samba 4.17 auth_json_audit line (kinit, Kerberos KDC) with these values."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
@@ -84,20 +104,8 @@ class Bench:
         self.token = new_token()
         self.cfg = tmp / "userseg.toml"
         self.cfg.write_text(
-            f"""
-[database]
-url = "sqlite:///{tmp}/userseg.db"
-[gateway]
-client_interfaces = ["{lab.client_if}"]
-netns = "{lab.gateway_ns}"
-resync_interval = 3600
-[mappings]
-default_ttl = 2700
-[ingest]
-queue_size = 100000
-[ingest.api]
-listen = "127.0.0.1:18443"
-max_body = 4194304
+            service_toml(f"sqlite:///{tmp}/userseg.db", lab)
+            + f"""
 [[ingest.sources]]
 name = "samba"
 type = "samba-log"

@@ -38,8 +38,27 @@ def client_ip(i: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.IPv6Address(V6_BASE + i)
 
 
-def world(users: int, mappings: int, classes: int, apps: int, policies: int | None = None) -> Snapshot:
-    """`classes` groups, user i in group i % classes; policy j grants group j % classes app j % apps."""
+def client_index(ip: str) -> int:
+    """The mapping index i whose client_ip(i) is this IPv4 address (inverse of client_ip)."""
+    return int(ipaddress.IPv4Address(ip)) - V4_BASE - 256
+
+
+def world(
+    users: int,
+    mappings: int,
+    classes: int,
+    apps: int,
+    policies: int | None = None,
+    ttl: timedelta = timedelta(minutes=45),
+    logins: bool = False,
+) -> Snapshot:
+    """`classes` groups, user i in group i % classes; policy j grants group j % classes app j % apps.
+
+    Mapping i binds client_ip(i) to user i % users and expires `ttl` after NOW.  With
+    `logins`, each mapping looks like one the ingest pipeline made from a Samba logon: its
+    own times within the last 45 minutes and the provenance such an event leaves (~12
+    keys, ~400 bytes of JSON), which is what reading a real store has to decode.
+    """
     policies = policies if policies is not None else max(classes, apps)
     app_objs = {}
     for j in range(apps):
@@ -57,8 +76,11 @@ def world(users: int, mappings: int, classes: int, apps: int, policies: int | No
         for j in range(policies)
     )
     user_objs = {f"u{i}": User(f"u{i}", groups=frozenset({f"g{i % classes}"})) for i in range(users)}
-    exp = NOW + timedelta(minutes=45)
-    maps = tuple(Mapping(client_ip(i), f"u{i % users}", "bench", NOW, NOW, exp) for i in range(mappings))
+    exp = NOW + ttl
+    if logins:
+        maps = tuple(login_mapping(i, f"u{i % users}", ttl) for i in range(mappings))
+    else:
+        maps = tuple(Mapping(client_ip(i), f"u{i % users}", "bench", NOW, NOW, exp) for i in range(mappings))
     gw = GatewaySettings(
         client_interfaces=("veth-clients",),
         client_networks=(AddressRange.parse("198.18.0.0/16"),),
@@ -73,3 +95,24 @@ def world(users: int, mappings: int, classes: int, apps: int, policies: int | No
         ),
     )
     return Snapshot(user_objs, maps, app_objs, pols, Action.DENY, gw)
+
+
+def login_mapping(i: int, user: str, ttl: timedelta) -> Mapping:
+    """Mapping i as the pipeline stores a Samba Kerberos logon (provenance as core.ingest writes it)."""
+    last = NOW - timedelta(seconds=i % 2700, microseconds=i * 7919 % 1_000_000)
+    first = last - timedelta(seconds=i % 3 * 600)  # a third never refreshed (first == last)
+    provenance = {
+        "source": "samba",
+        "time": last.isoformat(),
+        "kind": "logon",
+        "event_id": "4624",
+        "logon_type": "3",
+        "domain": "LAB",
+        "logon_id": f"{i:016x}",
+        "service": "Kerberos KDC",
+        "auth": "ENC-TS Pre-authentication",
+        "password_type": "aes256-cts-hmac-sha1-96",
+        "status": "NT_STATUS_OK",
+        "timestamp": last.strftime("%Y-%m-%dT%H:%M:%S.%f+0000"),
+    }
+    return Mapping(client_ip(i), user, "samba", first, last, last + ttl, provenance)

@@ -170,6 +170,9 @@ class Enforcer:
             self.rt.clock,
             netns=self.rt.config.netns,
             on_full_sync_needed=self.request_full_sync,
+            # Safe to reuse: anything written since that read bumped the generation, and the
+            # next step reloads the book (pipeline.reload) when the generation moved.
+            mappings=self.rt.take_first_mappings(),
         )
         service.start()
         names = ", ".join(f"{s.name} ({s.kind.value})" for s in settings.sources) or "none"

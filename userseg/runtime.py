@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -19,7 +19,7 @@ from userseg.cli_output import UsageError
 from userseg.config import Config
 from userseg.directory.model import DirectorySource, StalePolicy
 from userseg.directory.sync import DirectorySync, SyncOutcome, staleness
-from userseg.model import Snapshot
+from userseg.model import Mapping, Snapshot
 from userseg.ports import Firewall
 from userseg.reconciler import Reconciler
 from userseg.snapshot import load_snapshot
@@ -56,11 +56,22 @@ class Runtime:
 
     _directory_sync: DirectorySync | None = None
     _firewall: Firewall | None = None
+    # Start-up shares its one read of the mappings (seconds at 250k) with the ingest book.
+    keep_first_mappings: bool = False
+    _first_mappings: Sequence[Mapping] | None = None
+
+    def take_first_mappings(self) -> Sequence[Mapping] | None:
+        """The mappings the first snapshot read, once (then forgotten, to free the memory)."""
+        mappings, self._first_mappings = self._first_mappings, None
+        self.keep_first_mappings = False
+        return mappings
 
     def snapshot(self) -> Snapshot:
         """The desired-state input; past max_staleness with on_stale = fail-closed, no client has a user."""
         now = self.clock.now()
         snap = load_snapshot(self.store, self.config, now)
+        if self.keep_first_mappings and self._first_mappings is None:
+            self._first_mappings = snap.mappings  # before the fail-closed substitution below
         settings = self.config.directory
         if (
             settings is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,19 +23,6 @@ DC1 = "ldaps://dc1.example.net:636"
 DC2 = "ldaps://dc2.example.net:636"
 DOMAIN = "S-1-5-21-1-2-3"
 WEIRD = "*)(|(cn=*"
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "userseg.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{db_path}")
-    s.upgrade()
-    yield s
-    s.close()
 
 
 def raw(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:

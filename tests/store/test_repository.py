@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -28,19 +27,6 @@ from userseg.store.schema import UserRow
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ADMIN = "admin@example"
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "userseg.db"  # parent does not exist yet: the Store creates it
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{db_path}")
-    s.upgrade()
-    yield s
-    s.close()
 
 
 def raw(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from userseg.core.ingest import MappingBook
 from userseg.events.model import ParseResult
-from userseg.events.pipeline import IngestPipeline, KernelMappings
+from userseg.events.pipeline import IngestPipeline, KernelMappings, load_book
 from userseg.events.settings import IngestSettings, SourceKind, SourceSettings
+from userseg.model import Mapping
 from userseg.netns import NetnsWorker
 from userseg.ports import Clock
 from userseg.store import Store
@@ -54,13 +54,14 @@ class IngestService:
         *,
         netns: str | None = None,
         on_full_sync_needed: Callable[[], None] = lambda: None,
+        mappings: Iterable[Mapping] | None = None,
     ) -> None:
+        """`mappings`: the store's active mappings if the caller has just read them (see load_book)."""
         self.settings = settings
         self.store = store
         self.clock = clock
         self.netns = netns
-        now = clock.now()
-        book = MappingBook(settings.rules, store.mappings(active_at=now), store.shared_marks())
+        book = load_book(store, settings.rules, clock.now(), mappings)
         self._states = store.source_states()
         self.pipeline = IngestPipeline(
             store,
@@ -202,6 +203,7 @@ class IngestService:
                     "not_allowed": st.not_allowed,
                     "tls_failures": st.tls_failures,
                     "connections": st.connections,
+                    "kernel_dropped": st.kernel_dropped,
                 }
         return out
 

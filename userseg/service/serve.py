@@ -23,12 +23,13 @@ old one keeps running; settings that need a restart (database, netns) too.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ EXIT_UNAVAILABLE = 1  # the store could not be opened: systemd retries (Restart=
 EXIT_PRIVILEGE = 78  # EX_CONFIG: missing CAP_NET_ADMIN; restarting cannot help (RestartPreventExitStatus)
 RESTART_KEYS = ("database_url", "netns")  # changing these needs a restart, not a reload
 INGEST_RETRY = 30.0  # seconds between attempts to start login sources that failed to start
+SIGHTINGS_KEEP = timedelta(days=30)  # account sightings (ignore-suggestions) older than this are pruned
+PRUNE_EVERY = 3600.0  # seconds between prunes
 RECONCILE_LIMIT = 600.0  # a reconcile running longer than this counts as hung
 ENFORCE_DEADLINE = 15.0  # the enforce loop must come round this often (outside reconciles)
 INGEST_DEADLINE = 30.0  # the ingest worker wakes at least every second when idle
@@ -89,6 +92,7 @@ class Service:
         self.enforcer: Enforcer | None = None
         self._ingest_retry_at = 0.0
         self.last_reconcile_mono = 0.0
+        self._next_prune = 0.0
         self._drops_seen = (0, 0.0)
         self._source_errors: dict[str, tuple[int, float]] = {}
 
@@ -154,6 +158,7 @@ class Service:
             self.enforcer.start_directory()
             self._wait_first_sync(config)
         self.notifier.notify("STATUS=starting: reconciling the kernel")
+        rt.keep_first_mappings = config.ingest is not None
         self._step()
         error = self.enforcer.last_error or ""
         if "Operation not permitted" in error or "[Errno 1]" in error:
@@ -163,6 +168,10 @@ class Service:
                 f"nothing was changed. Detail: {error}"
             )
         self._start_ingest()
+        # The start-up state (hundreds of MB at 250k mappings) lives as long as the process:
+        # moving it out of the collector's generations spares every later full collection a
+        # walk over it (1.6 s at that size: login stalls and a slow exit).
+        gc.freeze()
         self._start_ops(config)
         self.started = True
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}")
@@ -224,11 +233,26 @@ class Service:
                     and time.monotonic() >= self._ingest_retry_at
                 ):
                     self._start_ingest()
+                self._housekeeping()
                 self.enforcer.wake.wait(self.poll)
         finally:
             self._stop.set()
             monitor.join(5)
         return 0
+
+    def _housekeeping(self) -> None:
+        """Hourly: prune account sightings past SIGHTINGS_KEEP (they only feed ignore-suggestions)."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        assert self.rt is not None
+        try:
+            pruned = self.rt.store.prune_sightings(self.rt.clock.now() - SIGHTINGS_KEEP)
+            if pruned:
+                log.info("pruned %d account sighting(s) older than %d days", pruned, SIGHTINGS_KEEP.days)
+        except StoreError as exc:
+            log.warning("pruning account sightings failed (retried in an hour): %s", exc)
 
     def _monitor(self) -> None:
         """WATCHDOG=1 and the status file, on their own thread: a long reconcile (seconds at

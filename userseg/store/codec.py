@@ -13,9 +13,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingABC
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from userseg.model import (
@@ -205,7 +207,9 @@ def mapping_row(m: Mapping) -> dict[str, Any]:
     ):
         times = tuple(utc(t, f"mapping for {ip_text}: {f}") for t, f in zip(times, _TIME_FIELDS, strict=True))
     provenance = m.provenance
-    if provenance:
+    if type(provenance) is StoredProvenance:
+        prov_text = provenance.text  # read from the store and not changed since: written back as it was
+    elif provenance:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in provenance.items()):
             raise StoreError(f"mapping for {ip_text}: provenance must map strings to strings")
         prov_text = _ENCODER.encode(dict(provenance))
@@ -235,6 +239,57 @@ def parse_ip(text: str) -> IPAddress:
         return ipaddress.ip_address(text)  # the slow path raises a proper ValueError
 
 
+class StoredProvenance(MappingABC[str, str]):
+    """A stored mapping's provenance, kept as its JSON text and decoded on first use.
+
+    Why lazy: a login-made mapping carries a dozen provenance keys (~400 bytes
+    of JSON).  Decoding them for every row cost seconds and, as dicts, ~1.5 KB
+    per mapping (over 350 MB at 250k) at every start-up, yet only `--why` and
+    a refresh of that one IP ever look inside.  A row whose text is not a JSON
+    object of strings raises the usual StoreError naming table, row and column
+    when it is looked into; it no longer stops the whole snapshot from loading.
+    """
+
+    __slots__ = ("_ip", "_text", "_value")
+
+    def __init__(self, text: str, ip: str) -> None:
+        self._text = text
+        self._ip = ip
+        self._value: dict[str, str] | None = None
+
+    @property
+    def text(self) -> str:
+        """The stored JSON text, unchanged."""
+        return self._text
+
+    def _decoded(self) -> dict[str, str]:
+        if self._value is None:
+            value = load(self._text, "mappings", self._ip, "provenance")
+            if not isinstance(value, dict) or not all(type(v) is str for v in value.values()):
+                raise corrupt(
+                    "mappings", self._ip, f"provenance: expected a JSON object of strings, got {self._text!r}"
+                )
+            self._value = value
+        return self._value
+
+    def __getitem__(self, key: str) -> str:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return f"StoredProvenance({self._text!r})"
+
+
+# One shared, immutable empty provenance instead of a new dict per row.
+NO_PROVENANCE: MappingABC[str, str] = MappingProxyType({})
+_intern = sys.intern
+
+
 def mapping_from_row(
     ip: str,
     user: str,
@@ -244,7 +299,13 @@ def mapping_from_row(
     expires_at: datetime,
     provenance: str | None,
 ) -> Mapping:
-    """Hot path of snapshot_parts (250k rows): no work beyond what spotting a corrupt row needs."""
+    """Hot path of snapshot_parts (250k rows): no work beyond what spotting a corrupt row needs.
+
+    User and source names are interned (a user holds several IPs, and a few
+    sources name every row), a timestamp equal to the one before it is shared,
+    and the provenance stays text until someone reads it: the daemon keeps
+    every active mapping in memory, so each byte here counts 250k times.
+    """
     try:
         addr = parse_ip(ip)
     except ValueError:
@@ -260,17 +321,25 @@ def mapping_from_row(
             if not isinstance(v, datetime)
         ]
         raise corrupt("mappings", ip, "not a timestamp: " + ", ".join(bad))
+    if type(user) is not str or type(source) is not str:
+        raise corrupt("mappings", ip, f"user {user!r} or source {source!r} is not text")
+    if last_seen == first_seen:
+        last_seen = first_seen
     if provenance == "{}" or provenance is None:
-        prov: MappingABC[str, str] = {}
+        prov: MappingABC[str, str] = NO_PROVENANCE
     else:
-        value = load(provenance, "mappings", ip, "provenance")
-        if not isinstance(value, dict):
-            raise corrupt("mappings", ip, f"provenance: expected a JSON object, got {provenance!r}")
-        prov = value
-    return Mapping(addr, user, source, first_seen, last_seen, expires_at, prov)
+        prov = StoredProvenance(provenance, ip)
+    return Mapping(addr, _intern(user), _intern(source), first_seen, last_seen, expires_at, prov)
 
 
 def mapping_doc(m: Mapping) -> dict[str, Any]:
+    """The audit form.  An unreadable stored provenance is kept as its text, so that removing
+    such a mapping (by hand, or because its account was disabled) is still possible and audited."""
+    try:
+        provenance: dict[str, str] = dict(m.provenance)
+    except StoreError:
+        assert isinstance(m.provenance, StoredProvenance)
+        provenance = {"unreadable": m.provenance.text}
     return {
         "ip": str(m.ip),
         "user": m.user,
@@ -278,5 +347,5 @@ def mapping_doc(m: Mapping) -> dict[str, Any]:
         "first_seen": m.first_seen.isoformat(),
         "last_seen": m.last_seen.isoformat(),
         "expires_at": m.expires_at.isoformat(),
-        "provenance": dict(m.provenance),
+        "provenance": provenance,
     }

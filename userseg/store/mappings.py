@@ -25,6 +25,7 @@ COLUMNS = (
     MappingRow.provenance,
 )
 _CHUNK = 500  # keys per IN (...) list; well under every backend's bind-parameter limit
+_FETCH = 10_000  # rows decoded per fetch by the bulk readers
 
 
 def load(conn: Connection, *conditions: ColumnElement[bool]) -> list[Mapping]:
@@ -35,9 +36,17 @@ def load(conn: Connection, *conditions: ColumnElement[bool]) -> list[Mapping]:
 
 
 def load_unsorted(conn: Connection, *conditions: ColumnElement[bool]) -> tuple[Mapping, ...]:
-    """As load() without the sort: the snapshot path, where order does not matter and time does."""
-    rows = conn.execute(select(*COLUMNS).where(*conditions)).all()
-    return tuple([codec.mapping_from_row(*row) for row in rows])
+    """As load() without the sort: the snapshot path, where order does not matter and time does.
+
+    Rows are decoded _FETCH at a time rather than fetched all at once: the raw
+    rows (their text timestamps and addresses) would otherwise all be alive
+    beside the decoded mappings, ~100 MB more peak memory at 250k for nothing.
+    """
+    decode = codec.mapping_from_row
+    out: list[Mapping] = []
+    for rows in conn.execute(select(*COLUMNS).where(*conditions)).partitions(_FETCH):
+        out += [decode(*row) for row in rows]
+    return tuple(out)
 
 
 def upsert(conn: Connection, row: dict[str, Any]) -> Mapping | None:
