@@ -17,7 +17,7 @@ from userseg.adapters.firewall.fake import FakeFirewall
 from userseg.core.compile import compile_state
 from userseg.core.diff import diff
 from userseg.core.render import render
-from userseg.core.table import AddElements
+from userseg.core.table import ActualState, AddElements, DeleteElements, MapElement
 from userseg.model import AddressRange, Application, GatewaySettings, IPAddress, Service, Snapshot, User
 from userseg.ports import FirewallError, Flow
 from userseg.reconciler import EVERYONE, Reconciler, affected_sources
@@ -71,6 +71,45 @@ def test_fast_path_applies_exactly_one_element() -> None:
     assert [type(op) for op in plan.main] == [AddElements] and len(plan.main[0].elements) == 1  # type: ignore[union-attr]
     assert fw.evaluate("x", "198.18.10.50", WEB, 6, 80) == "accept"  # bob is in finance
     assert diff(render(rec.desired), fw.read(), NOW).is_empty  # type: ignore[arg-type]
+
+
+def test_another_user_on_an_ip_of_the_same_class_rewrites_the_comment_in_one_transaction() -> None:
+    fw = FakeFirewall()
+    rec = Reconciler(fw, Clock())
+    rec.full_sync(company())
+    carol = A("198.18.10.13")  # carol and alice share the finance class
+    expiry = rec.desired.mappings[carol].expires_at  # type: ignore[union-attr]
+    before = fw.transactions_run
+    assert rec.set_mappings([(carol, ("alice", expiry)), (A("198.18.10.60"), ("bob", expiry))])
+    assert fw.transactions_run == before + 1  # the whole batch, the swap included, is one transaction
+    plan = fw.plans[-1]
+    assert [type(op) for op in plan.main] == [DeleteElements, AddElements]
+    users = {e.addr: e.user for e in fw.read().elements["user4"] if isinstance(e, MapElement)}
+    assert users[int(carol)] == "alice" and users[int(A("198.18.10.60"))] == "bob"
+    assert diff(render(rec.desired), fw.read(), NOW).is_empty  # type: ignore[arg-type]
+    assert rec.set_mappings([(carol, ("alice", expiry))])  # nothing changed: nothing written
+    assert fw.transactions_run == before + 1
+
+
+def test_timeouts_count_from_after_the_read_back() -> None:
+    """A 250k read takes seconds: timeouts reckoned from before it would outlast the
+    mappings by that long, beyond the diff's tolerance, and every sync would rewrite them."""
+
+    class SlowRead(FakeFirewall):
+        def read(self) -> ActualState:
+            clock.t += timedelta(seconds=30)
+            return super().read()
+
+    class StepClock:
+        t = NOW
+
+        def now(self) -> datetime:
+            return self.t
+
+    clock = StepClock()
+    fw = SlowRead()
+    Reconciler(fw, clock).full_sync(company())
+    assert fw.plans[-1].now == NOW + timedelta(seconds=30)
 
 
 def test_fast_path_declines_when_no_class_or_no_state() -> None:

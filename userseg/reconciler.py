@@ -4,7 +4,8 @@
   first sync of a process reads before it writes and never flushes, so a
   restart leaves enforcement untouched where nothing changed.
 * Fast path: one mapping change is one map element (delete+add when it
-  changes), applied without recompiling, as long as the user's class exists.
+  changes, also when only the user changes: the element's comment names
+  the user), applied without recompiling, as long as the user's class exists.
 * Revocation: after access shrinks, tracked flows of the affected sources that
   the new state would refuse are deleted, so established connections die while
   still-allowed ones survive.
@@ -26,9 +27,10 @@ from time import perf_counter
 
 from userseg.core.compile import DesiredState, MapTarget, compile_state
 from userseg.core.diff import diff
-from userseg.core.render import CLIENTS, CLIENTS_IF, DENY, FORWARD, INFRA, POLICE, USER_MAP, VMAP_KIND, render
+from userseg.core.render import CLIENTS, CLIENTS_IF, DENY, FORWARD, INFRA, POLICE, VMAP_KIND, render
 from userseg.core.simulate import evaluate
 from userseg.core.table import AddElements, DeleteElements, DeleteTable, MapElement, Plan, SetRules
+from userseg.core.usermap import USER_MAP, element_comment
 from userseg.model import Action, IPAddress, Snapshot
 from userseg.ports import Clock, ConnectionTable, Firewall, Flow
 
@@ -99,7 +101,11 @@ class Reconciler:
             with gc_paused():
                 desired = compile_state(snapshot, now)  # CompileError: nothing is touched
                 spec = render(desired)
-                plan = diff(spec, self._fw.read(), now)
+                actual = self._fw.read()
+                # Timeouts count from the plan's `now`: a 250k read takes seconds, and timeouts
+                # reckoned from before it would outlast their expiries by that much (beyond the
+                # diff's tolerance, so the next sync would rewrite every replaced element again).
+                plan = diff(spec, actual, self._clock.now())
             if not plan.is_empty:
                 try:
                     self._fw.apply(plan)
@@ -239,7 +245,9 @@ class Reconciler:
 
 
 def _element(ip: IPAddress, target: MapTarget) -> MapElement:
-    return MapElement(int(ip), target.class_name, target.expires_at)
+    """The kernel element of a mapping, exactly as render() lays it out (comment included),
+    so a fast-path change and the next full sync agree element for element."""
+    return MapElement(int(ip), target.class_name, target.expires_at, element_comment(target.user))
 
 
 class _Everyone:

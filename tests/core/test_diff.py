@@ -73,10 +73,30 @@ def test_expiry_within_tolerance_is_left_alone_beyond_it_is_replaced_atomically(
     assert kinds == [DeleteElements, AddElements]
 
 
+def test_another_user_on_the_same_ip_and_class_rewrites_the_element_in_one_phase() -> None:
+    """The comment names the user: when it changes, the element is deleted and re-added in
+    `main` (one transaction), since the kernel keeps an existing element's comment on add."""
+    spec = spec_for()
+    actual = actual_of(spec)
+    els = {e.addr: e for e in actual.elements["user4"] if isinstance(e, MapElement)}
+    alice = els[int(ipaddress.ip_address("198.18.10.11"))]
+    stale = alice._replace(user="mallory")
+    tampered = replace(
+        actual, elements={**actual.elements, "user4": frozenset({*els.values(), stale} - {alice})}
+    )
+    plan = diff(spec, tampered, NOW)
+    assert not plan.prelude and not plan.bulk
+    assert plan.main == (
+        DeleteElements("user4", SetKind.VMAP4, (stale,)),
+        AddElements("user4", SetKind.VMAP4, (alice,)),
+    )
+    assert alice.user == "alice" and diff(spec, actual, NOW).is_empty
+
+
 def test_new_mapping_is_a_bulk_add_and_a_removed_one_a_delete() -> None:
     spec = spec_for()
     actual = actual_of(spec)
-    extra = MapElement(int(ipaddress.ip_address("198.18.10.99")), "c_x", NOW)
+    extra = MapElement(int(ipaddress.ip_address("198.18.10.99")), "c_x", NOW, "x")
     els = set(actual.elements["user4"])
     gone = els.pop()
     plan = diff(spec, replace(actual, elements={**actual.elements, "user4": frozenset(els | {extra})}), NOW)

@@ -65,7 +65,14 @@ def rebuild(spec: TableSpec, now: datetime) -> Plan:
 def _map_diff(
     desired: frozenset[object], actual: frozenset[object]
 ) -> tuple[list[object], list[object], list[object]]:
-    """(new keys, deleted, replaced-new) for a vmap; replaced old elements go in deleted."""
+    """(new keys, deleted, replaced-new) for a vmap; replaced old elements go in deleted.
+
+    An element is replaced when its class, its user (comment) or, beyond the
+    tolerance, its expiry differs.  Replacing is delete + add of the same key in
+    the one `main` transaction: the kernel keeps an existing element's comment
+    on a plain add (and our `create` refuses it), and inside one transaction no
+    packet ever sees the key missing.
+    """
     want = {e.addr: e for e in desired if isinstance(e, MapElement)}
     have = {e.addr: e for e in actual if isinstance(e, MapElement)}
     new: list[object] = [want[a] for a in want.keys() - have.keys()]
@@ -73,7 +80,7 @@ def _map_diff(
     replaced: list[object] = []
     for addr in want.keys() & have.keys():
         w, h = want[addr], have[addr]
-        if w.target != h.target or abs(w.expires_at - h.expires_at) > EXPIRY_TOLERANCE:
+        if w.target != h.target or w.user != h.user or abs(w.expires_at - h.expires_at) > EXPIRY_TOLERANCE:
             deleted.append(h)
             replaced.append(w)
     return new, deleted, replaced

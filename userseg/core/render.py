@@ -7,6 +7,9 @@ police:  ct established,related accept; dest in @infra4/6 accept;
 c_XXXX:  [stage log]; dest in @c_XXXX_4/6 accept; goto deny     (default deny)
 deny:    log; tcp reset; icmpx admin-prohibited; drop
 ```
+user4/6 elements are `ip -> goto c_XXXX` with the mapping's remaining lifetime
+as timeout and its user as comment (core.usermap), so the kernel can say who an
+IP is and the mappings can be rebuilt from it.
 Only traffic entering from client interfaces/networks is policed; replies are
 accepted by conntrack, and infrastructure is reachable for unmapped clients so
 that anybody can log on at all.
@@ -14,6 +17,7 @@ that anybody can log on at all.
 
 from __future__ import annotations
 
+from functools import partial
 from ipaddress import IPv6Address
 
 from userseg.core.compile import DesiredState, EntitlementClass
@@ -37,6 +41,7 @@ from userseg.core.table import (
     TableSpec,
     VmapSaddr,
 )
+from userseg.core.usermap import USER_MAP, USER_MAP_KIND, element_comments
 from userseg.model import Action
 
 FORWARD = "forward"
@@ -45,10 +50,9 @@ DENY = "deny"
 CLIENTS_IF = "clients_if"
 CLIENTS = {4: "clients4", 6: "clients6"}
 INFRA = {4: "infra4", 6: "infra6"}
-USER_MAP = {4: "user4", 6: "user6"}
 DEST_KIND = {4: SetKind.DEST4, 6: SetKind.DEST6}
 NET_KIND = {4: SetKind.NET4, 6: SetKind.NET6}
-VMAP_KIND = {4: SetKind.VMAP4, 6: SetKind.VMAP6}
+VMAP_KIND = USER_MAP_KIND
 DENY_PREFIX = "userseg:deny "
 
 
@@ -121,9 +125,11 @@ def render(desired: DesiredState) -> TableSpec:
         elements[INFRA[v]] = boxes
         police.append(AcceptIfDestIn(v, INFRA[v]))
     by_version: dict[int, list[MapElement]] = {4: [], 6: []}
-    for ip, t in desired.mappings.items():
+    element = partial(tuple.__new__, MapElement)  # MapElement() runs a Python-level __new__
+    comments = element_comments([t.user for t in desired.mappings.values()])
+    for (ip, t), comment in zip(desired.mappings.items(), comments, strict=True):
         by_version[6 if isinstance(ip, IPv6Address) else 4].append(
-            MapElement(int(ip), t.class_name, t.expires_at)
+            element((int(ip), t.class_name, t.expires_at, comment))
         )
     for v in (4, 6):
         sets[USER_MAP[v]] = SetSpec(USER_MAP[v], VMAP_KIND[v])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import NamedTuple
 
@@ -22,6 +22,7 @@ from userseg.model import DenyMode
 TABLE_FAMILY = "inet"
 TABLE_NAME = "userseg"
 SIGNATURE_PREFIX = "us:"
+NO_EXPIRY = datetime.max.replace(tzinfo=UTC)  # read back for a map element without timeout (never ours)
 
 
 class SetKind(str, Enum):
@@ -73,15 +74,22 @@ class Box:
 
 
 class MapElement(NamedTuple):
-    """One `ip -> goto chain` element of a user map, with its absolute expiry.
+    """One `ip -> goto chain` element of a user map, with its absolute expiry and its user.
 
     A NamedTuple rather than a frozen dataclass: there are 250k of these in a
     full reconcile and tuple creation, hashing and ordering run in C.
+
+    `user` is the element's comment: the mapping's user name in the form
+    core.usermap.element_comment gives it (a name too long for a comment is
+    cut and marked), so that the kernel alone can say who an IP is and the
+    mappings can be rebuilt from it.  Equality includes it: another user on the
+    same IP is another element, rewritten (delete + add) even in the same class.
     """
 
     addr: int
     target: str  # chain name
     expires_at: datetime  # aware UTC; the kernel entry carries the remaining time as timeout
+    user: str  # element comment ("" = none); see core.usermap
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from userseg.config import Config, ConfigError, load_config
+from userseg.config import Config, load_config
 from userseg.enforcer import Enforcer
 from userseg.events.pipeline import KernelMappings
 from userseg.model import IPAddress
@@ -45,6 +45,7 @@ from userseg.service.logs import setup_logging
 from userseg.service.metrics import ServiceMetrics, TimedKernel
 from userseg.service.notify import Notifier, watchdog_interval
 from userseg.service.recovery import Rebuilt, check_sqlite, rebuild, sqlite_path
+from userseg.service.reload import reload_config
 from userseg.service.statusfile import status_path, write_status
 from userseg.store import Store, StoreError, is_corruption
 
@@ -54,7 +55,6 @@ EXIT_CONFIG = 2
 EXIT_RESTART = 75  # EX_TEMPFAIL: something needs a fresh start (e.g. the database broke while running)
 EXIT_UNAVAILABLE = 1  # the store could not be opened: systemd retries (Restart=on-failure)
 EXIT_PRIVILEGE = 78  # EX_CONFIG: missing CAP_NET_ADMIN; restarting cannot help (RestartPreventExitStatus)
-RESTART_KEYS = ("database_url", "netns")  # changing these needs a restart, not a reload
 INGEST_RETRY = 30.0  # seconds between attempts to start login sources that failed to start
 SIGHTINGS_KEEP = timedelta(days=30)  # account sightings (ignore-suggestions) older than this are pruned
 PRUNE_EVERY = 3600.0  # seconds between prunes
@@ -346,39 +346,7 @@ class Service:
 
     def reload(self) -> bool:
         """Re-read the config; keep the old one on any error.  True if the new one runs."""
-        assert self.rt is not None and self.enforcer is not None
-        self.notifier.notify(
-            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
-        )
-        old = self.rt.config
-        try:
-            new = load_config(self.config_path)
-            changed = [k for k in RESTART_KEYS if getattr(new, k) != getattr(old, k)]
-            if changed:
-                raise ConfigError(
-                    [f"{k} changed: needs a restart (systemctl restart userseg)" for k in changed], new.source
-                )
-        except ConfigError as exc:
-            self._reload_done(False, exc.errors)
-            return False
-        self.enforcer.stop_services()
-        self.beats.unregister("ingest")
-        self._swap_config(new)
-        try:
-            self.enforcer.start_directory()
-            self._start_ingest_strict()
-        except Exception as exc:
-            log.error("new config could not start its services (%s); going back to the old one", exc)
-            self.enforcer.stop_services()
-            self._swap_config(old)
-            self.enforcer.start_directory()
-            self._start_ingest()
-            self._reload_done(False, [f"starting with the new config failed: {exc}"])
-            return False
-        setup_logging(new.service.log_format)
-        self.enforcer.request_full_sync()
-        self._reload_done(True, [])
-        return True
+        return reload_config(self)
 
     def _start_ingest_strict(self) -> None:
         """Start the login sources (if configured); the ingest heartbeat follows whether they run."""
@@ -388,22 +356,6 @@ class Service:
         self.ingest_error = None
         if self.enforcer.ingest is not None:
             self.beats.register("ingest", INGEST_DEADLINE, time.monotonic())
-
-    def _swap_config(self, config: Config) -> None:
-        assert self.rt is not None
-        self.rt.reset_directory()
-        self.rt.config = config
-
-    def _reload_done(self, ok: bool, errors: list[str]) -> None:
-        self.metrics.reloads.labels("ok" if ok else "rejected").inc()
-        self.last_reload = {"at": time.time(), "ok": ok, "errors": errors}
-        if ok:
-            log.info("config reloaded from %s", self.config_path)
-        else:
-            for e in errors:
-                log.error("config reload rejected, the old config keeps running: %s", e)
-        status = "reloaded" if ok else f"reload rejected: {'; '.join(errors)[:200]}"
-        self.notifier.notify("READY=1", f"STATUS={status}")
 
     # ------------------------------------------------------------------ health and status
 

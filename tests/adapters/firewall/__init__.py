@@ -86,8 +86,10 @@ def realistic_spec(now: datetime, variant: str = "a", users: int = 6) -> TableSp
     """A table shaped like core.render's: forward -> police -> per-class chains -> deny.
 
     variant "a" is the baseline; "b" changes nearly every kind of object
-    (drops a class, its set and chain, retargets and replaces users, edits
-    client networks and interfaces, and switches the deny mode).
+    (drops a class, its set and chain, retargets and replaces users, puts
+    another user on an IP in the same class, edits client networks and
+    interfaces, and switches the deny mode).  Map elements name their users
+    (element comments), one of them with quotes and non-ASCII letters.
     """
     exp = now + timedelta(minutes=45)
     sets = _sets(
@@ -123,6 +125,9 @@ def realistic_spec(now: datetime, variant: str = "a", users: int = 6) -> TableSp
         "c_eng_4": frozenset({box("198.19.2.0/24", 6, (22, 22)), box("198.19.2.0/24", 1)}),
     }
     user6 = {a6("2001:db8:1::10"): "c_fin"}
+    names = {addr: f"user{i}" for i, addr in enumerate(users4)}
+    names[a4("198.18.0.11")] = 'o\'brien "zoë"'
+    names[a6("2001:db8:1::10")] = "ann"
     deny = Deny(DenyMode.REJECT, "userseg:deny ", 100, 50)
     chains = {
         "forward": ChainSpec(
@@ -167,12 +172,15 @@ def realistic_spec(now: datetime, variant: str = "a", users: int = 6) -> TableSp
         users4 = {addr: "c_fin" for addr in list(users4)[1:]}  # first user gone, the rest retargeted
         users4[a4("198.18.0.200")] = "c_fin"
         user6[a6("2001:db8:1::11")] = "c_fin"
+        names[a4("198.18.0.12")] = "mallory"  # was user2, stays in c_fin: only the comment changes
+        names[a4("198.18.0.200")] = "newcomer"
+        names[a6("2001:db8:1::11")] = "ann"
         elements["clients_if"] = frozenset({"veth-c1", "veth-c3"})
         elements["clients4"] = frozenset({net("198.18.0.0/25"), net("198.18.0.128/25")})
         elements["c_fin_4"] = frozenset({box("198.19.1.0/24", 6, (443, 443))})
         chains["deny"] = ChainSpec("deny", (Deny(DenyMode.DROP, "userseg:deny ", None, 50),))
-    elements["user4"] = frozenset(MapElement(addr, target, exp) for addr, target in users4.items())
-    elements["user6"] = frozenset(MapElement(addr, target, exp) for addr, target in user6.items())
+    elements["user4"] = frozenset(MapElement(addr, t, exp, names[addr]) for addr, t in users4.items())
+    elements["user6"] = frozenset(MapElement(addr, t, exp, names[addr]) for addr, t in user6.items())
     return TableSpec(sets=sets, elements=elements, chains=chains)
 
 
@@ -181,7 +189,7 @@ def with_users(spec: TableSpec, now: datetime, count: int, base: str = "198.18.1
     exp = now + timedelta(minutes=45)
     first = a4(base)
     targets = [c for c in ("c_fin", "c_eng") if c in spec.chains]
-    extra = frozenset(MapElement(first + i, targets[i % len(targets)], exp) for i in range(count))
+    extra = frozenset(MapElement(first + i, targets[i % len(targets)], exp, f"bulk{i}") for i in range(count))
     return TableSpec(spec.sets, {**spec.elements, "user4": spec.elements["user4"] | extra}, spec.chains)
 
 
@@ -198,7 +206,7 @@ def without_expiry(state: ActualState) -> ActualState:
     """The state with map element expiries blanked (compared separately, with a tolerance)."""
     elements = {
         name: frozenset(
-            MapElement(e.addr, e.target, datetime.min) if isinstance(e, MapElement) else e for e in elems
+            e._replace(expires_at=datetime.min) if isinstance(e, MapElement) else e for e in elems
         )
         for name, elems in state.elements.items()
     }

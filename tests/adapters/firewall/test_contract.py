@@ -73,6 +73,16 @@ class World:
         }
         self.nft("-j", "-f", "-", input=json.dumps(transaction([cmd])))
 
+    def recomment_element(self, set_name: str, kind: SetKind, element: MapElement, user: str) -> None:
+        """The same element (key, verdict, timeout) under another user's name."""
+        if self.kind == "fake":
+            self.firewall.tamper_add_element(set_name, element._replace(user=user))
+            return
+        self.delete_element(set_name, kind, element)
+        add = {"add": {"element": {"family": "inet", "table": "userseg", "name": set_name, "elem": []}}}
+        add["add"]["element"]["elem"] = [ElementEncoder(kind, now_utc()).element(element._replace(user=user))]
+        self.nft("-j", "-f", "-", input=json.dumps(transaction([add])))
+
     def flush_chain(self, chain: str) -> None:
         if self.kind == "fake":
             self.firewall.tamper_flush_chain(chain)
@@ -129,7 +139,7 @@ class World:
 
 def _strip_times(elem: Any) -> Any:
     if isinstance(elem, list) and isinstance(elem[0], dict) and "elem" in elem[0]:
-        return [elem[0]["elem"]["val"], elem[1]]
+        return [elem[0]["elem"]["val"], elem[0]["elem"].get("comment"), elem[1]]
     return elem
 
 
@@ -212,6 +222,12 @@ def test_change_then_revert_reads_back_identically(world: World) -> None:
 
 DRIFTS: dict[str, Callable[[World, TableSpec], None]] = {
     "element deleted": lambda w, s: w.delete_element("user4", SetKind.VMAP4, first(s.elements["user4"])),
+    "element names another user": lambda w, s: w.recomment_element(
+        "user4",
+        SetKind.VMAP4,
+        first(s.elements["user4"]),  # type: ignore[arg-type]
+        "mallory",
+    ),
     "dest box deleted": lambda w, s: w.delete_element("c_fin_4", SetKind.DEST4, first(s.elements["c_fin_4"])),
     "base chain flushed": lambda w, s: w.flush_chain("forward"),
     "foreign rule inserted": lambda w, s: w.insert_foreign_rule("police"),
@@ -245,12 +261,14 @@ def test_failing_last_op_rolls_back_the_whole_transaction(world: World) -> None:
     spec = realistic_spec(now)
     before = converge(world.firewall, spec, now)
     listing = world.listing()
-    ghost = MapElement(a4("198.18.0.250"), "c_fin", now + timedelta(minutes=5))
+    ghost = MapElement(a4("198.18.0.250"), "c_fin", now + timedelta(minutes=5), "ghost")
     plan = Plan(
         now=now,
         main=(
             AddElements(
-                "user4", SetKind.VMAP4, (MapElement(a4("198.18.0.77"), "c_fin", now + timedelta(hours=1)),)
+                "user4",
+                SetKind.VMAP4,
+                (MapElement(a4("198.18.0.77"), "c_fin", now + timedelta(hours=1), "alice"),),
             ),
             DeleteElements("clients_if", SetKind.IFNAME, ("veth-c1",)),
             DeleteElements("user4", SetKind.VMAP4, (ghost,)),  # not there: the kernel refuses
@@ -269,6 +287,19 @@ def test_adding_an_existing_element_is_refused(world: World) -> None:
     again = Plan(now=now, main=(AddElements("user4", SetKind.VMAP4, (first(spec.elements["user4"]),)),))
     with pytest.raises(FirewallError, match="File exists"):
         world.firewall.apply(again)
+    assert_states_match(world.firewall.read(), before, timedelta(seconds=1))
+
+
+def test_a_comment_nft_cannot_hold_is_refused_before_anything_is_written(world: World) -> None:
+    now = now_utc()
+    spec = realistic_spec(now)
+    before = converge(world.firewall, spec, now)
+    exp = now + timedelta(hours=1)
+    fine, bad = (
+        MapElement(a4(f"198.18.0.{i}"), "c_fin", exp, u) for i, u in ((80, "alice"), (81, "x" * 129))
+    )
+    with pytest.raises(ValueError, match="at most 128 bytes"):
+        world.firewall.apply(Plan(now=now, main=(AddElements("user4", SetKind.VMAP4, (fine, bad)),)))
     assert_states_match(world.firewall.read(), before, timedelta(seconds=1))
 
 
@@ -310,7 +341,7 @@ def test_chunked_apply_equals_single_transaction(world: World) -> None:
 def test_map_element_expiry_reads_back_within_two_seconds(world: World) -> None:
     now = datetime.now(UTC)
     spec = realistic_spec(now)
-    soon = MapElement(a4("198.18.0.99"), "c_fin", now + timedelta(seconds=600))
+    soon = MapElement(a4("198.18.0.99"), "c_fin", now + timedelta(seconds=600), "soon")
     spec = TableSpec(spec.sets, {**spec.elements, "user4": spec.elements["user4"] | {soon}}, spec.chains)
     state = converge(world.firewall, spec, now)
     (got,) = [e for e in state.elements["user4"] if isinstance(e, MapElement) and e.addr == soon.addr]
@@ -342,7 +373,9 @@ def test_netlink_and_json_readers_agree() -> None:
                 "inet",
                 "userseg",
                 "user4",
-                "{ 198.18.99.1 : jump c_fin, 198.18.99.2 timeout 1h : accept }",
+                "{ 198.18.99.1 : jump c_fin, 198.18.99.2 timeout 1h : accept, "
+                f'198.18.99.3 timeout 1h comment "{"é" * 64}" : goto c_fin, '
+                '198.18.99.4 timeout 1h comment "o\'brien zoë" : goto c_eng }',
             )
             run(
                 "ip",
@@ -361,6 +394,11 @@ def test_netlink_and_json_readers_agree() -> None:
             assert_states_match(a, b, timedelta(seconds=2))
             targets = {e.target for e in a.elements["user4"] if isinstance(e, MapElement)}
             assert {"!jump c_fin", "!accept"} <= targets
+            users = {e.addr: e.user for e in a.elements["user4"] if isinstance(e, MapElement)}
+            assert users[a4("198.18.99.3")] == "é" * 64  # 128 bytes: nft's longest comment
+            assert users[a4("198.18.99.4")] == "o'brien zoë"
+            assert users[a4("198.18.99.1")] == ""
+            assert users[a4("198.18.0.11")] == 'o\'brien "zoë"'  # written by us, quotes and all
             assert a.chains["police"].signatures[0] == ""
             assert a.sets["odd"] != SetSpec("odd", SetKind.NET4)
         finally:

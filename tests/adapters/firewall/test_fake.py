@@ -130,7 +130,7 @@ def test_a_foreign_rule_is_evaluated_and_reads_back_unsigned() -> None:
 
 def test_map_timeouts_are_rounded_like_the_kernels() -> None:
     fw = loaded()
-    element = MapElement(a4("198.18.0.77"), "c_fin", NOW + timedelta(seconds=10.2))
+    element = MapElement(a4("198.18.0.77"), "c_fin", NOW + timedelta(seconds=10.2), "alice")
     fw.apply(Plan(NOW, main=(AddElements("user4", SetKind.VMAP4, (element,)),)))
     (got,) = [e for e in fw.read().elements["user4"] if isinstance(e, MapElement) and e.addr == element.addr]
     assert got.expires_at == NOW + timedelta(seconds=11)
@@ -141,11 +141,11 @@ def test_map_timeouts_are_rounded_like_the_kernels() -> None:
 
 def test_refusals_match_the_kernel() -> None:
     fw = loaded()
-    u = MapElement(a4("198.18.0.10"), "c_fin", NOW)
+    u = MapElement(a4("198.18.0.10"), "c_fin", NOW, "user0")
     refused(fw, AddElements("user4", SetKind.VMAP4, (u,)), match="File exists")
     refused(
         fw,
-        DeleteElements("user4", SetKind.VMAP4, (MapElement(a4("198.18.9.9"), "c", NOW),)),
+        DeleteElements("user4", SetKind.VMAP4, (MapElement(a4("198.18.9.9"), "c", NOW, "x"),)),
         match="No such file",
     )
     refused(
@@ -153,8 +153,12 @@ def test_refusals_match_the_kernel() -> None:
     )
     refused(fw, AddElements("clients4", SetKind.NET4, (net("198.18.0.128/25"),)), match="interval overlaps")
     refused(fw, AddElements("nope", SetKind.NET4, (net("198.18.9.0/24"),)), match="No such file")
-    refused(fw, AddElements("user4", SetKind.VMAP4, (MapElement(1, "ghost", NOW),)), match="No such file")
-    refused(fw, AddElements("user4", SetKind.VMAP4, (MapElement(2, "forward", NOW),)), match="base chain")
+    refused(
+        fw, AddElements("user4", SetKind.VMAP4, (MapElement(1, "ghost", NOW, "x"),)), match="No such file"
+    )
+    refused(
+        fw, AddElements("user4", SetKind.VMAP4, (MapElement(2, "forward", NOW, "x"),)), match="base chain"
+    )
     refused(fw, AddElements("clients4", SetKind.NET6, (net("2001:db8::/64"),)), match="set is net4")
     refused(fw, AddElements("clients_if", SetKind.IFNAME, (net("198.18.0.1"),)), match="invalid data type")
     refused(fw, DeleteChain("c_eng"), match="Device or resource busy")  # map elements goto it

@@ -101,7 +101,8 @@ def users(now: datetime, v4: int, v6: int, offset: int = 0) -> tuple[AddElements
     """v4 + v6 map additions with varied targets and expiries (10 min .. 10 min 59 s)."""
 
     def elem(base: int, i: int) -> MapElement:
-        return MapElement(base + i, ("c_fin", "c_eng")[i % 2], now + timedelta(seconds=600 + i % 60))
+        user = ("alice", "", 'o\'brien "zoë"', "x" * 128, "名前")[i % 5]
+        return MapElement(base + i, ("c_fin", "c_eng")[i % 2], now + timedelta(seconds=600 + i % 60), user)
 
     return (
         AddElements("user4", SetKind.VMAP4, tuple(elem(V4, offset + i) for i in range(v4))),
@@ -147,9 +148,17 @@ def test_refuses_what_it_cannot_encode() -> None:
         list(encode_elements(AddElements("n", SetKind.NET4, ("x",)), None))
     with pytest.raises(TypeError):
         list(encode_elements(AddElements("user4", SetKind.VMAP4, ("198.18.0.1",)), datetime.now(UTC)))
-    too_big = MapElement(1 << 40, "c_fin", datetime.now(UTC))
+    too_big = MapElement(1 << 40, "c_fin", datetime.now(UTC), "u")
     with pytest.raises(ValueError, match="not an IPv4 address"):
         list(encode_elements(AddElements("user4", SetKind.VMAP4, (too_big,)), datetime.now(UTC)))
+    now = datetime.now(UTC)
+    fine = MapElement(V4, "c_fin", now, "alice")
+    for user in ("x" * 129, "a\0b", "\udcff"):
+        bad = fine._replace(addr=V4 + 1, user=user)
+        with pytest.raises(ValueError, match=r"user=.* comment .* at most 128 bytes"):
+            encode_elements(AddElements("user4", SetKind.VMAP4, (fine, bad)), now)
+    deletion = DeleteElements("user4", SetKind.VMAP4, (fine._replace(user="x" * 300),))
+    assert len(encode_elements(deletion, None)) == 1  # a deletion names the key only
 
 
 # ---------------------------------------------------------------- against the kernel
@@ -167,6 +176,7 @@ def test_bulk_write_reads_back_exactly(kit: Kit) -> None:
         have = got[op.set_name]
         assert set(have) == set(want)
         assert all(have[a].target == want[a].target for a in want)
+        assert all(have[a].user == want[a].user for a in want)  # quotes, unicode, 128 bytes, none
         late = [a for a in want if abs(have[a].expires_at - want[a].expires_at) > timedelta(seconds=2)]
         assert not late, f"{len(late)} expiries off by more than 2 s"
 
@@ -192,7 +202,9 @@ def test_goto_to_a_missing_chain_refuses_the_whole_batch(kit: Kit) -> None:
     now = datetime.now(UTC)
     before = kit.fw.read()
     add4, _ = users(now, 3_000, 0)
-    ghost = AddElements("user6", SetKind.VMAP6, (MapElement(V6 + 7, "c_gone", now + timedelta(hours=1)),))
+    ghost = AddElements(
+        "user6", SetKind.VMAP6, (MapElement(V6 + 7, "c_gone", now + timedelta(hours=1), "g"),)
+    )
     with pytest.raises(NetlinkWriteError) as caught:
         kit.write(add4, ghost, now=now)
     assert caught.value.errno == errno.ENOENT
@@ -289,7 +301,7 @@ def test_firewall_reports_a_refused_netlink_chunk() -> None:
         before = fw.read()
         exp = now + timedelta(minutes=5)
         bulk = AddElements(
-            "user4", SetKind.VMAP4, tuple(MapElement(V4 + 5000 + i, "c_x", exp) for i in range(20))
+            "user4", SetKind.VMAP4, tuple(MapElement(V4 + 5000 + i, "c_x", exp, "u") for i in range(20))
         )
         with pytest.raises(
             FirewallError, match=r"element 198\.18\.19\.136 goto c_x: No such file or directory"

@@ -9,7 +9,6 @@ import pytest
 
 from userseg.adapters.firewall.nft_parse import (
     FOREIGN_TARGET_PREFIX,
-    NO_EXPIRY,
     ForeignSetSpec,
     InconsistentListing,
     NftParseError,
@@ -17,7 +16,7 @@ from userseg.adapters.firewall.nft_parse import (
     parse_table,
     proto_number,
 )
-from userseg.core.table import ActualState, BaseHook, MapElement, SetKind, SetSpec
+from userseg.core.table import NO_EXPIRY, ActualState, BaseHook, MapElement, SetKind, SetSpec
 
 from . import a4, a6, box, net
 
@@ -72,7 +71,7 @@ LISTING: dict[str, Any] = {
             "ipv4_addr",
             [
                 [
-                    {"elem": {"val": "198.18.0.1", "timeout": 3600, "expires": 3599}},
+                    {"elem": {"val": "198.18.0.1", "timeout": 3600, "expires": 3599, "comment": "alice"}},
                     {"goto": {"target": "c1"}},
                 ],
                 [{"elem": {"val": "198.18.0.2", "timeout": 100, "expires": 99}}, {"jump": {"target": "c1"}}],
@@ -171,12 +170,14 @@ def test_net_and_ifname_elements(state: ActualState) -> None:
 
 def test_map_elements_carry_target_and_expiry(state: ActualState) -> None:
     got = {e.addr: e for e in state.elements["user4"] if isinstance(e, MapElement)}
-    assert got[a4("198.18.0.1")] == MapElement(a4("198.18.0.1"), "c1", READ + timedelta(seconds=3599))
+    assert got[a4("198.18.0.1")] == MapElement(
+        a4("198.18.0.1"), "c1", READ + timedelta(seconds=3599), "alice"
+    )
     assert got[a4("198.18.0.2")].target == FOREIGN_TARGET_PREFIX + "jump c1"
     assert got[a4("198.18.0.3")].expires_at == NO_EXPIRY
     assert got[a4("198.18.0.4")].target == FOREIGN_TARGET_PREFIX + "accept"
     assert state.elements["user6"] == frozenset(
-        {MapElement(a6("2001:db8::7"), "c1", READ + timedelta(seconds=99))}
+        {MapElement(a6("2001:db8::7"), "c1", READ + timedelta(seconds=99), "")}  # no comment, no user
     )
 
 

@@ -170,13 +170,17 @@ def test_element_encoding_per_kind() -> None:
     }
     assert encode_element(SetKind.NET6, net("2001:db8::1")) == "2001:db8::1"
     assert encode_element(SetKind.IFNAME, "veth0") == "veth0"
-    element = MapElement(a4("198.18.0.1"), "c1", NOW + timedelta(seconds=2700))
+    element = MapElement(a4("198.18.0.1"), "c1", NOW + timedelta(seconds=2700), "alice")
     assert encode_element(SetKind.VMAP4, element, NOW) == [
-        {"elem": {"val": "198.18.0.1", "timeout": 2700}},
+        {"elem": {"val": "198.18.0.1", "timeout": 2700, "comment": "alice"}},
+        {"goto": {"target": "c1"}},
+    ]
+    assert encode_element(SetKind.VMAP4, element._replace(user=""), NOW) == [
+        {"elem": {"val": "198.18.0.1", "timeout": 2700}},  # no user, no comment
         {"goto": {"target": "c1"}},
     ]
     assert encode_key(SetKind.VMAP4, element) == "198.18.0.1"
-    assert encode_key(SetKind.VMAP6, MapElement(a6("2001:db8::7"), "c", NOW)) == "2001:db8::7"
+    assert encode_key(SetKind.VMAP6, MapElement(a6("2001:db8::7"), "c", NOW, "bob")) == "2001:db8::7"
     assert encode_key(SetKind.DEST4, box("198.18.1.1", 6, (1, 1))) == {"concat": ["198.18.1.1", 6, 1]}
 
 
@@ -197,9 +201,16 @@ def test_wrong_element_types_are_named(kind: SetKind, element: object) -> None:
 
 def test_map_element_needs_now_and_valid_address() -> None:
     with pytest.raises(ValueError, match="needs `now`"):
-        encode_element(SetKind.VMAP4, MapElement(1, "c", NOW))
+        encode_element(SetKind.VMAP4, MapElement(1, "c", NOW, "u"))
     with pytest.raises(ValueError, match="not an IPv4 address"):
-        encode_element(SetKind.VMAP4, MapElement(1 << 40, "c", NOW), NOW)
+        encode_element(SetKind.VMAP4, MapElement(1 << 40, "c", NOW, "u"), NOW)
+
+
+@pytest.mark.parametrize("user", ["x" * 129, "ü" * 65, "a\0b", "\udcff"])
+def test_a_comment_nft_would_refuse_or_cut_is_refused_by_name(user: str) -> None:
+    """Only core.usermap.element_comment's output is ever written; anything else is a bug upstream."""
+    with pytest.raises(ValueError, match=r"comment .* at most 128 bytes"):
+        encode_element(SetKind.VMAP4, MapElement(1, "c", NOW + timedelta(hours=1), user), NOW)
 
 
 @pytest.mark.parametrize(
@@ -214,7 +225,7 @@ def test_map_element_needs_now_and_valid_address() -> None:
 def test_timeouts_round_up_and_are_at_least_one_second(delta: timedelta, want: int) -> None:
     assert element_timeout(NOW + delta, NOW) == want
     enc = ElementEncoder(SetKind.VMAP4, NOW)
-    assert enc.element(MapElement(1, "c", NOW + delta))[0]["elem"]["timeout"] == want
+    assert enc.element(MapElement(1, "c", NOW + delta, "u"))[0]["elem"]["timeout"] == want
 
 
 def test_ops_render() -> None:
@@ -247,14 +258,14 @@ def test_ops_render() -> None:
     assert add == [{"create": {"element": {**T, "name": "i", "elem": ["a", "b"]}}}]
     # nft 1.0.6 refuses `create` into an rbtree interval set made in the same batch
     assert "add" in render_op(AddElements("n", SetKind.NET4, (net("198.18.0.0/24"),)), NOW)[0]
-    gone = render_op(DeleteElements("u", SetKind.VMAP4, (MapElement(a4("198.18.0.1"), "c", NOW),)), NOW)
+    gone = render_op(DeleteElements("u", SetKind.VMAP4, (MapElement(a4("198.18.0.1"), "c", NOW, "u"),)), NOW)
     assert gone == [{"delete": {"element": {**T, "name": "u", "elem": ["198.18.0.1"]}}}]
     assert render_op(AddElements("i", SetKind.IFNAME, ()), NOW) == []
     assert render_op(DeleteElements("i", SetKind.IFNAME, ()), NOW) == []
 
 
 def _elements(n: int, start: int = 0) -> tuple[object, ...]:
-    return tuple(MapElement(start + i, "c", NOW) for i in range(n))
+    return tuple(MapElement(start + i, "c", NOW, f"u{i}") for i in range(n))
 
 
 def test_small_plan_is_one_transaction_in_phase_order() -> None:

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from userseg.adapters.firewall.fake_packet import ChainRule, ForeignRule, Interpreter, Packet, expired
-from userseg.adapters.firewall.nft_render import element_timeout, rule_kernel_signatures, split_transactions
+from userseg.adapters.firewall.nft_render import (
+    COMMENT_PROBLEM,
+    element_timeout,
+    rule_kernel_signatures,
+    split_transactions,
+)
 from userseg.core.table import (
     AcceptIfDestIn,
     ActualChain,
@@ -44,6 +49,7 @@ from userseg.core.table import (
     SetSpec,
     VmapSaddr,
 )
+from userseg.core.usermap import comment_fits
 from userseg.model import AddressRange, IPAddress
 from userseg.ports import FirewallError
 
@@ -210,9 +216,11 @@ class _Txn:
             if key in elems:
                 raise _Refused(f"add element {op.set_name} {e!r}: {EEXIST}")
             if isinstance(e, MapElement):
+                if not comment_fits(e.user):
+                    raise ValueError(f"{e!r}: {COMMENT_PROBLEM}")  # as the encoders refuse it
                 self._check_target(f"add element {op.set_name}", e.target)
                 timeout = element_timeout(e.expires_at, self.now)
-                e = MapElement(e.addr, e.target, self.now + timedelta(seconds=timeout))
+                e = e._replace(expires_at=self.now + timedelta(seconds=timeout))
             elif isinstance(e, Box | AddressRange):
                 clash = next((o for o in elems.values() if _overlaps(e, o)), None)
                 if clash is not None:

@@ -159,7 +159,8 @@ class NftFirewall:
         (a netlink batch cannot carry its rules, and splitting it would lose
         atomicity).  A large one runs as split_transactions cuts it, except that
         the bulk additions the netlink writer can encode go last, in their own
-        chunks, so libnftables never has to cache a quarter million elements.
+        chunks, so libnftables never has to cache a quarter million elements, and
+        a main made only of such element changes is one netlink batch.
         """
         writer = self._writer
         if writer is not None and plan.element_count() <= self.chunk_elements and _elements_only(plan):
@@ -181,7 +182,11 @@ class NftFirewall:
         )
         yield from ((True, ops) for ops in split_transactions(Plan(plan.now, bulk=fast), self.chunk_elements))
         if plan.main:
-            yield False, plan.main
+            # main must stay one transaction; when it only replaces elements (every user's
+            # expiry or comment moved, e.g. the first sync after an upgrade) one netlink batch
+            # is: libnftables took ~25 s and 1.2 GB for 250k replacements, long enough for the
+            # timeouts it wrote to start late by more than the diff's tolerance.
+            yield writer is not None and _writable_elements(plan.main), plan.main
 
     def _apply_json(self, index: int, ops: tuple[Op, ...], now: datetime) -> None:
         commands = render_ops(ops, now)  # built per transaction: bounded memory
@@ -234,9 +239,11 @@ class NftFirewall:
 
 def _elements_only(plan: Plan) -> bool:
     """True when every op adds or deletes elements of sets the netlink writer can encode."""
-    return bool(plan.ops()) and all(
-        isinstance(op, AddElements | DeleteElements) and op.kind in WRITABLE_KINDS for op in plan.ops()
-    )
+    return bool(plan.ops()) and _writable_elements(plan.ops())
+
+
+def _writable_elements(ops: tuple[Op, ...]) -> bool:
+    return all(isinstance(op, AddElements | DeleteElements) and op.kind in WRITABLE_KINDS for op in ops)
 
 
 def _describe(ops: tuple[object, ...]) -> str:

@@ -7,7 +7,8 @@ does not recognise is kept *visibly different* rather than dropped, so that the
 diff replaces or deletes it: a rule without our comment yields signature "", a
 set whose declaration matches no SetKind becomes a ForeignSetSpec (never equal
 to any SetSpec), and a map element whose verdict is not `goto chain` gets a
-target starting with FOREIGN_TARGET_PREFIX.
+target starting with FOREIGN_TARGET_PREFIX.  A map element's comment is its
+user (core.usermap); without one, the user is "".
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from userseg.adapters.firewall.nft_render import set_flags, set_type
 from userseg.core.table import (
+    NO_EXPIRY,
     TABLE_FAMILY,
     TABLE_NAME,
     ActualChain,
@@ -32,7 +34,6 @@ from userseg.core.table import (
 )
 from userseg.model import AddressRange
 
-NO_EXPIRY = datetime.max.replace(tzinfo=UTC)  # a map element without timeout never expires
 FOREIGN_TARGET_PREFIX = "!"  # a map verdict we did not write, e.g. "!jump c1" or "!accept"
 
 
@@ -151,6 +152,7 @@ class _MapDecoder:
             raise _Unrecognised(f"unexpected map element {raw!r}")
         key, verdict = raw
         expires_at = NO_EXPIRY
+        user = ""
         if isinstance(key, dict) and "elem" in key:
             e = key["elem"]
             key = e["val"]
@@ -158,9 +160,12 @@ class _MapDecoder:
                 expires_at = self.expiry(int(e["expires"]))
             elif "timeout" in e:
                 expires_at = self.expiry(int(e["timeout"]))
+            user = e.get("comment", "")
+            if not isinstance(user, str):
+                raise _Unrecognised(f"unexpected element comment {user!r}")
         addr = _addr_int(self.version, key)
         target = self._target(verdict)
-        return MapElement(addr, target, expires_at)
+        return MapElement(addr, target, expires_at, user)
 
     def _target(self, verdict: object) -> str:
         if not (isinstance(verdict, dict) and len(verdict) == 1):

@@ -15,7 +15,8 @@ Conventions that the rest of the adapter relies on:
   refuses `create element` into an interval set created in the same batch
   (it re-sends its own 0.0.0.0 end marker); there re-adding an identical
   range is a no-op and an overlapping one fails ("interval overlaps");
-- map element timeouts are whole seconds, rounded up and at least 1.
+- map element timeouts are whole seconds, rounded up and at least 1;
+- a map element's user is its `comment` (core.usermap); none when empty.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from userseg.core.table import (
     VmapSaddr,
     kernel_signatures,
 )
+from userseg.core.usermap import COMMENT_MAX_BYTES, comment_fits
 from userseg.model import AddressRange, DenyMode
 
 Json = dict[str, Any]
@@ -85,6 +87,10 @@ _SET_FLAGS: dict[SetKind, list[str]] = {
 
 
 _ADD_NOT_CREATE = frozenset({SetKind.NET4, SetKind.NET6})
+COMMENT_PROBLEM = (
+    f"a map element's comment (its user) must be UTF-8 without NUL, at most {COMMENT_MAX_BYTES} bytes "
+    "(core.usermap.element_comment makes one from any name)"
+)
 
 
 def set_type(kind: SetKind) -> str | list[str]:
@@ -144,7 +150,7 @@ class ElementEncoder:
         return secs
 
     def element(self, element: object) -> Any:
-        """One element as nft JSON for adding it (map elements carry timeout and verdict)."""
+        """One element as nft JSON for adding it (map elements carry timeout, verdict and comment)."""
         kind = self.kind
         if self._is_map:
             if not isinstance(element, MapElement):
@@ -152,10 +158,12 @@ class ElementEncoder:
             verdict = self._verdicts.get(element.target)
             if verdict is None:
                 verdict = self._verdicts[element.target] = {"goto": {"target": element.target}}
-            return [
-                {"elem": {"val": self._addr(element.addr), "timeout": self.timeout(element.expires_at)}},
-                verdict,
-            ]
+            elem = {"val": self._addr(element.addr), "timeout": self.timeout(element.expires_at)}
+            if element.user:
+                if not comment_fits(element.user):
+                    raise ValueError(f"{element!r}: {COMMENT_PROBLEM}")
+                elem["comment"] = element.user
+            return [{"elem": elem}, verdict]
         if kind in (SetKind.DEST4, SetKind.DEST6):
             if not isinstance(element, Box) or element.version != kind.version:
                 raise TypeError(f"a {kind.value} set holds IPv{kind.version} Box elements, not {element!r}")
