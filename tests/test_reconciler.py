@@ -18,7 +18,16 @@ from userseg.core.compile import compile_state
 from userseg.core.diff import diff
 from userseg.core.render import render
 from userseg.core.table import ActualState, AddElements, DeleteElements, MapElement
-from userseg.model import AddressRange, Application, GatewaySettings, IPAddress, Service, Snapshot, User
+from userseg.model import (
+    AddressRange,
+    Application,
+    GatewaySettings,
+    IPAddress,
+    Mapping,
+    Service,
+    Snapshot,
+    User,
+)
 from userseg.ports import FirewallError, Flow
 from userseg.reconciler import EVERYONE, Reconciler, affected_sources
 
@@ -117,6 +126,51 @@ def test_fast_path_declines_when_no_class_or_no_state() -> None:
     assert not rec.set_mapping(ALICE, "alice", NOW + timedelta(minutes=5))  # no full sync yet
     rec.full_sync(company())
     assert not rec.set_mapping(ALICE, "stranger", NOW + timedelta(minutes=5))  # needs a full sync
+
+
+def _with(snap: Snapshot, *mapped: tuple[IPAddress, str]) -> Snapshot:
+    until = NOW + timedelta(minutes=5)
+    extra = tuple(Mapping(ip, user, "test", NOW, NOW, until) for ip, user in mapped)
+    taken = {ip for ip, _ in mapped}  # a logon on a mapped IP replaces that mapping
+    return replace(snap, mappings=(*(m for m in snap.mappings if m.ip not in taken), *extra))
+
+
+def test_accounts_the_directory_does_not_know_take_the_fast_path_once_their_class_exists() -> None:
+    """Logons of accounts outside the directory's scope must not cost a full sync each
+    (a stream of them once kept the service in back-to-back full reconciles)."""
+    fw = FakeFirewall()
+    rec = Reconciler(fw, Clock())
+    snap = company()
+    until = NOW + timedelta(minutes=5)
+    rec.full_sync(snap)
+    stranger, visitor = A("198.18.10.60"), A("198.18.10.61")
+    assert not rec.set_mapping(stranger, "stranger", until)  # the groupless class is not built yet
+    snap = _with(snap, (stranger, "stranger"))
+    rec.full_sync(snap)
+    plans = len(fw.plans)
+    assert rec.set_mapping(visitor, "visitor", until)  # now one element, no full sync
+    assert len(fw.plans) == plans + 1 and not fw.plans[-1].prelude
+    # Exactly what a full sync would have decided for the same store:
+    assert diff(render(compile_state(_with(snap, (visitor, "visitor")), NOW)), fw.read(), NOW).is_empty
+
+
+def test_an_account_named_by_a_policy_but_not_in_the_directory_still_needs_a_full_sync() -> None:
+    rec = Reconciler(FakeFirewall(), Clock())
+    snap = company()
+    snap = replace(snap, users={k: v for k, v in snap.users.items() if k != "alice"})  # user:alice policy
+    stranger = A("198.18.10.60")
+    rec.full_sync(_with(snap, (stranger, "stranger")))  # the groupless class exists
+    assert not rec.set_mapping(A("198.18.10.62"), "alice", NOW + timedelta(minutes=5))
+
+
+def test_a_disabled_account_logging_on_leaves_the_ip_unknown_as_a_full_sync_would() -> None:
+    fw = FakeFirewall()
+    rec = Reconciler(fw, Clock())
+    snap = company()  # eve is disabled in the directory
+    rec.full_sync(snap)
+    assert rec.set_mapping(ALICE, "eve", NOW + timedelta(minutes=5))
+    assert fw.evaluate("x", str(ALICE), WEB, 6, 80) != "accept"
+    assert diff(render(compile_state(_with(snap, (ALICE, "eve")), NOW)), fw.read(), NOW).is_empty
 
 
 def test_failed_apply_marks_dirty_and_the_next_full_sync_repairs() -> None:

@@ -154,7 +154,14 @@ class Reconciler:
                 user, expires_at = change
                 cname = desired.user_class.get(user)
                 if cname is None:
-                    return False
+                    if user in desired.disabled_users:
+                        targets[ip] = None  # as a full sync would: the IP is an unknown client
+                        continue
+                    # Not in the directory: authenticated, no groups - the same class for every
+                    # such account not named by a policy (as compile_state decides).
+                    cname = desired.groupless_class
+                    if user in desired.named_users or cname not in desired.classes:
+                        return False
                 targets[ip] = MapTarget(user, cname, expires_at)
             return self._change_many(targets)
 

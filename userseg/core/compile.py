@@ -34,6 +34,7 @@ from userseg.model import (
 )
 
 UNKNOWN_MARK = "<unknown>"
+GROUPLESS = "\0groupless"  # no account has this name, so no `user:` subject names it
 
 
 class CompileError(ValueError):
@@ -70,6 +71,11 @@ class DesiredState:
     user_class: Mapping[str, str]  # every known enabled user -> class name (fast path)
     unknown_class: str
     mappings: Mapping[IPAddress, MapTarget]  # active mappings of enabled users
+    # For the login fast path, so that a logon needs no full sync just because the account
+    # is not in the directory (out of scope, not synced yet) or is disabled there:
+    disabled_users: frozenset[str] = frozenset()  # their IPs are unknown clients
+    named_users: frozenset[str] = frozenset()  # named by a `user:` subject: classed individually
+    groupless_class: str = ""  # the class of any other account the directory does not know
 
     def class_of_ip(self, addr: IPAddress) -> EntitlementClass:
         target = self.mappings.get(addr)
@@ -115,6 +121,10 @@ class PolicyIndex:
 
     def names_user(self, name: str) -> bool:
         return name in self._user
+
+    @property
+    def named_users(self) -> frozenset[str]:
+        return frozenset(self._user)
 
     def key(self, user: User | None) -> tuple[str, ...]:
         names = tuple(p.name for p in self.applicable(user))
@@ -221,4 +231,8 @@ def compile_state(snapshot: Snapshot, now: datetime) -> DesiredState:
         user_class=user_class,
         unknown_class=unknown,
         mappings=mappings,
+        disabled_users=frozenset(name for name, user in snapshot.users.items() if user.disabled),
+        named_users=index.named_users,
+        # Only named, not instantiated: the fast path uses it once a full sync has built it.
+        groupless_class=class_name(index.key(User(name=GROUPLESS))),
     )
