@@ -51,6 +51,7 @@ class Enforcer:
         on_reconciled: Callable[[SyncReport], None] | None = None,
         on_cycle: Callable[[], None] | None = None,
         kernel: Callable[[KernelMappings], KernelMappings] | None = None,
+        before_sources: Callable[[], None] | None = None,
     ) -> None:
         self.rt = rt
         self.poll = poll
@@ -58,6 +59,7 @@ class Enforcer:
         self.on_reconciled = on_reconciled
         self.on_cycle = on_cycle
         self._wrap_kernel = kernel
+        self._before_sources = before_sources  # once: the ingest book is loaded, no source runs yet
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.service: DirectoryService | None = None
@@ -174,6 +176,9 @@ class Enforcer:
             # next step reloads the book (pipeline.reload) when the generation moved.
             mappings=self.rt.take_first_mappings(),
         )
+        if self._before_sources is not None:
+            hook, self._before_sources = self._before_sources, None
+            hook()
         service.start()
         names = ", ".join(f"{s.name} ({s.kind.value})" for s in settings.sources) or "none"
         where = (

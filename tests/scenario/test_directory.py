@@ -194,6 +194,41 @@ def test_kill_9_during_a_directory_sync_converges_after_restart(
         enforcer.stop()
 
 
+def test_a_corrupt_database_is_rebuilt_from_ad_and_the_kernel_without_revoking_anyone(
+    ad_lab: Lab, samba_dc: SambaDC, ad_case: tuple[str, str, Path]
+) -> None:
+    user, group, cfg = ad_case
+    samba_dc.samba_tool("group", "addmembers", group, user)
+    userseg(cfg, "sync")
+    userseg(cfg, "map", "add", user, CLIENT_IP, "--no-apply")
+    enforcer = Enforcer(cfg)
+    try:
+        enforcer.wait_for("kernel in step")
+        assert _reach(ad_lab) == "open"
+    finally:
+        enforcer.stop()
+    db = cfg.parent / "userseg.db"
+    with db.open("r+b") as f:
+        f.truncate(max(4096, db.stat().st_size // 2))
+    for side in ("-wal", "-shm"):
+        Path(f"{db}{side}").unlink(missing_ok=True)
+    enforcer = Enforcer(cfg)
+    try:
+        enforcer.wait_for("DATABASE CORRUPT")
+        enforcer.wait_for("kernel in step")
+        assert _reach(ad_lab) == "open"  # users from a full read of AD, the mapping from the kernel
+        mapped = json.loads(userseg(cfg, "mappings", "--json").stdout)
+        assert [(m["ip"], m["user"], m["source"]) for m in mapped] == [
+            (CLIENT_IP, user.casefold(), "kernel-recovery")
+        ]
+        shown = json.loads(userseg(cfg, "users", user, "--json").stdout)
+        assert group.casefold() in shown["groups"]
+        doc = _service(cfg)
+        assert doc["health"]["status"] == "degraded" and "rebuilt" in doc["database_rebuilt"]
+    finally:
+        enforcer.stop()
+
+
 def _service(cfg: Path) -> dict[str, Any]:
     doc = json.loads(userseg(cfg, "status", "--json", check=False).stdout)["service"]
     assert doc is not None, "no running service reported"

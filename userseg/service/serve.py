@@ -93,6 +93,7 @@ class Service:
         self._ingest_retry_at = 0.0
         self.last_reconcile_mono = 0.0
         self._next_prune = 0.0
+        self._frozen = False
         self._drops_seen = (0, 0.0)
         self._source_errors: dict[str, tuple[int, float]] = {}
 
@@ -148,6 +149,7 @@ class Service:
             on_reconciled=self._reconciled,
             on_cycle=lambda: self.beats.beat("enforce", time.monotonic()),
             kernel=self._timed_kernel,
+            before_sources=self._freeze,
         )
         if self.rebuilt is not None and config.directory is not None:
             self.enforcer.hold_reason = "database rebuilt: kernel held until the first directory sync"
@@ -168,10 +170,7 @@ class Service:
                 f"nothing was changed. Detail: {error}"
             )
         self._start_ingest()
-        # The start-up state (hundreds of MB at 250k mappings) lives as long as the process:
-        # moving it out of the collector's generations spares every later full collection a
-        # walk over it (1.6 s at that size: login stalls and a slow exit).
-        gc.freeze()
+        self._freeze()  # no-op if the ingest start did it (no login sources: here)
         self._start_ops(config)
         self.started = True
         self.notifier.notify("READY=1", f"STATUS={self._status_line()}")
@@ -200,6 +199,15 @@ class Service:
 
         assert self.rt is not None
         return list(kernel_mappings(self.rt.firewall.read()))
+
+    def _freeze(self) -> None:
+        """The start-up state (hundreds of MB at 250k mappings) lives as long as the process:
+        moving it out of the collector's generations spares every later full collection a walk
+        over it (1.6 s at that size: a stall of logins, a slow exit).  Called once the ingest
+        book is loaded and before any source runs, so that no collection lands in between."""
+        if not self._frozen:
+            gc.freeze()
+            self._frozen = True
 
     def _wait_first_sync(self, config: Config) -> None:
         enforcer = self.enforcer
