@@ -1,16 +1,21 @@
-"""Helpers for the follower tests: a recording callback, a numbered-line writer that rotates, waiting."""
+"""Helpers for the follower tests: a recording callback, a numbered-line writer that rotates, waiting,
+and a follower driven step by step from the test's thread."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from userseg.adapters.sources.follow import LineFollower, Oversized
+from userseg.adapters.sources.follow import LineFollower, OnLine, Oversized
+from userseg.adapters.sources.inotify import Inotify
 
 
 @dataclass
@@ -47,6 +52,16 @@ def numbered(i: int, pad: int = 60) -> bytes:
     return b"line %08d " % i + b"x" * pad
 
 
+def lines(*numbers: int) -> bytes:
+    """These numbered lines, each with its newline, as one write."""
+    return b"".join(numbered(i) + b"\n" for i in numbers)
+
+
+def expect(count: int, start: int = 0) -> list[bytes | Oversized]:
+    """What the follower delivers for `count` numbered lines from `start`."""
+    return [numbered(i) for i in range(start, start + count)]
+
+
 def append(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -55,13 +70,33 @@ def append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def rotate_rename(path: Path, keep: int = 5) -> None:
-    """logrotate without copytruncate: shift path.N -> path.N+1, path -> path.1 (the caller recreates)."""
+def rotate_rename(path: Path, keep: int = 5, archive: bool = False) -> None:
+    """logrotate without copytruncate: shift path.N -> path.N+1, path -> path.1 (the caller recreates).
+
+    `archive` keeps the file falling off the end as path.old<n> instead of
+    letting the next rotation overwrite it: for stress tests, where a file
+    rotated out of view before it was read would be lost by design.
+    """
+    _shift(path, keep, archive)
+    path.rename(path.with_name(f"{path.name}.1"))
+
+
+def copytruncate(path: Path, keep: int = 5, archive: bool = False) -> None:
+    """logrotate's copytruncate: shift the rotated files, copy the log to path.1, truncate the log."""
+    _shift(path, keep, archive)
+    path.with_name(f"{path.name}.1").write_bytes(path.read_bytes())
+    os.truncate(path, 0)
+
+
+_ARCHIVED = itertools.count()
+
+
+def _shift(path: Path, keep: int, archive: bool) -> None:
     for n in range(keep, 0, -1):
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():
-            older.rename(path.with_name(f"{path.name}.{n + 1}"))
-    path.rename(path.with_name(f"{path.name}.1"))
+            newer = f"{path.name}.old{next(_ARCHIVED)}" if archive and n == keep else f"{path.name}.{n + 1}"
+            older.rename(path.with_name(newer))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -85,7 +120,16 @@ def following(path: Path, recorder: Recorder, **kwargs: object) -> Iterator[Line
     try:
         yield follower
     finally:
-        assert follower.stop(5.0), "follower thread did not stop"
+        stop_within(follower, 5.0)
+
+
+def stop_within(follower: LineFollower, timeout: float) -> None:
+    """Stop the follower; fail, saying where its thread is, if the thread has not ended within `timeout`."""
+    if not follower.stop(timeout):
+        thread = follower._thread
+        frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+        where = "".join(traceback.format_stack(frame)) if frame is not None else "(not running)"
+        raise AssertionError(f"follower thread did not stop within {timeout} s; it is at:\n{where}")
 
 
 class Writer:
@@ -145,3 +189,33 @@ class Writer:
             self.fd = -1
         if self.error is not None:
             raise self.error
+
+
+class Stepped:
+    """A follower that never starts its thread: `step()` is one wake-up of its loop (read events, sync).
+
+    The test changes the files between steps, or inside one through a hook on
+    the follower's own calls, so the interleaving under test is exactly the
+    one written down, not one that timing might produce.
+    """
+
+    def __init__(self, path: Path, recorder: OnLine, **kwargs: object) -> None:
+        self.follower = LineFollower(path, recorder, **kwargs)  # type: ignore[arg-type]
+        self.follower._inotify = Inotify()
+
+    def step(self) -> None:
+        self.follower._drain_events()
+        self.follower._sync()
+
+    def close(self) -> None:
+        self.follower._close()
+
+
+@contextmanager
+def stepped(path: Path, recorder: OnLine, **kwargs: object) -> Iterator[Stepped]:
+    """A `Stepped` follower whose files and inotify descriptor are closed even when the test fails."""
+    driver = Stepped(path, recorder, **kwargs)
+    try:
+        yield driver
+    finally:
+        driver.close()

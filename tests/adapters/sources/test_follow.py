@@ -16,8 +16,10 @@ from tests.adapters.sources.followkit import (
     Recorder,
     Writer,
     append,
+    expect,
     fd_count,
     following,
+    lines,
     numbered,
     rotate_rename,
     wait_until,
@@ -30,14 +32,6 @@ FAST = {"rotate_grace": 0.2, "retry_initial": 0.05, "retry_max": 0.2}
 @pytest.fixture
 def log_path(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "auth.log"
-
-
-def lines(*numbers: int) -> bytes:
-    return b"".join(numbered(i) + b"\n" for i in numbers)
-
-
-def expect(count: int, start: int = 0) -> list[bytes | Oversized]:
-    return [numbered(i) for i in range(start, start + count)]
 
 
 # ---- appending -------------------------------------------------------------------------------------------

@@ -190,3 +190,33 @@ def test_a_file_moved_onto_the_name_is_a_successor_and_directories_are_ignored()
     assert tracker.first() is None
     tracker.reset(seed=True)
     assert tracker.first() == "log"
+
+
+def test_thousands_of_rotations_behind_every_successor_comes_out_once_in_order() -> None:
+    """A follower that fell far behind: one read of a full queue names them all, the dropped ones skipped."""
+    tracker = SuccessorTracker("log")
+    for i in range(5000):  # log -> log.i, then a new log; log.0 is the open file
+        cycle = (
+            ev(Mask.MOVED_FROM, "log", i + 1),
+            ev(Mask.MOVED_TO, f"log.{i}", i + 1),
+            ev(Mask.CREATE, "log"),
+        )
+        feed(tracker, *cycle)
+    feed(tracker, ev(Mask.DELETE, "log.100"), ev(Mask.MOVED_FROM, "log.200", 9999))  # deleted; moved out
+    assert tracker.moves_pending() and not tracker.moves_pending()
+    seen = []
+    while (name := tracker.first()) is not None:
+        seen.append(name)
+        tracker.pop()
+    assert seen == [f"log.{i}" for i in range(1, 5000) if i not in (100, 200)] + ["log"]
+    assert not tracker.tracking
+
+
+def test_a_successor_taken_while_its_rename_is_in_flight_does_not_come_back() -> None:
+    tracker = SuccessorTracker("log")
+    feed(tracker, ev(Mask.CREATE, "log"))
+    assert tracker.first() == "log"
+    feed(tracker, ev(Mask.MOVED_FROM, "log", 3))
+    tracker.pop()  # the follower took it (its open raced the rename)
+    feed(tracker, ev(Mask.MOVED_TO, "log.1", 3))
+    assert not tracker.tracking and tracker.first() is None

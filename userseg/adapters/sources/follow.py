@@ -3,43 +3,73 @@
 In the spirit of fail2ban's FileContainer (identity = inode + offset + hash of
 the head of the file), but event-driven: the thread sleeps in poll() on an
 inotify descriptor and a stop eventfd, so an appended line is delivered within
-about a millisecond and stop() is immediate.  A stat of the path every
-`recheck_interval` seconds is only a backstop.
+about a millisecond and stop() is immediate, also amid a backlog: every loop
+of the thread (lines, files of a rotation storm, directory scans) checks the
+stop flag between two steps, since a writer as fast as we are, or rotating
+without pause, would otherwise never let a sync end.  A stat of the path
+every `recheck_interval` seconds is only a backstop.  Reading one open file (lines,
+offsets, truncation, position tokens) is `follow_reader.FileReader`; this
+module decides which file to read.
 
-What it guarantees, and how:
-- Complete lines only; a partial last line waits for its newline.  CRLF loses
-  its CR.  A line longer than `max_line` is delivered as `Oversized` (its length
-  and first bytes) and skipped up to its newline without being buffered.
-- After every line a position token: `Position.encode()` of the file's inode,
-  the offset after the line and a hash of the file's first bytes.  The caller
-  persists it with what it derived from the line; `position=` on the next start
-  continues exactly after it (see `resume` below), so nothing is replayed or
-  skipped.
-- Rotation by rename (+ create) or delete (+ create): the open descriptor is
-  read to EOF before the next file is opened from offset 0.  Where the files
-  that replaced the path went is tracked from the directory's rename events
-  (`_Successors`), so two rotations faster than we read still visit every
-  file in order.  A rotated file stays open for `rotate_grace` seconds: lines a
-  writer appends before it reopens its log (Samba until its SIGHUP) are still
-  delivered, carrying the position of the current file, which already covers
-  them.
-- copytruncate (the file shrinks, or its head bytes change): read again from 0.
-  Lines appended between our last read and the copy are in the copy only, and
-  copytruncate itself loses lines written between its copy and its truncate.
-- Every error (permission, I/O, directory missing, a failing callback) is
-  logged with the path, counted and retried with exponential backoff; nothing
-  escapes the thread.  A failing callback is retried with the same line.
-
+Lines: complete lines only; a partial last line waits for its newline.  CRLF
+loses its CR.  A line longer than `max_line` is delivered as `Oversized` (its
+length and first bytes) and skipped up to its newline without being buffered.
 Lines are bytes: decoding is the caller's decision (the Samba source decodes
 UTF-8 with errors="replace").
+
+Positions: after every line a token, `Position.encode()` of the file's inode,
+the offset after the line and a hash of the file's first bytes.  The caller
+persists it with what it derived from the line; `position=` on the next start
+continues exactly after it (see `_resume`), so nothing is replayed or skipped.
+
+Guaranteed while running: every line appended to the followed file, and to
+every file that later appears at its name, is delivered once, in file order
+and in the order the files appeared, whatever the interleaving of
+- appends (by one writer or several, each line in one write),
+- rotation by rename, any number of times faster than we read, with renames
+  of rotated files (logrotate's `log.1 -> log.2`) and `create` of a new file,
+- delete + create (the file we hold stays readable to its end),
+- copytruncate: what was appended after our last read is recovered from the
+  copy, a file of the directory whose name starts with the followed name and
+  that holds our head and our last bytes read at our offset (`continues_in`).
+How: the successor is looked for before the current file is read to its
+end, so everything written to the old file before the rotation goes out
+before the new file's first line.  Where the files that replaced the
+current one went is tracked from the directory's events (`SuccessorTracker`,
+files by creation order, names through renames); a name is used only on a
+settled view of those events and checked again after the open (`_settle`:
+one read of the directory waits out any rename or create in progress, whose
+events are queued by then).  A name that vanished is looked up again, not
+given up.  A rotated file stays open for `rotate_grace` seconds: lines a
+writer appends before it reopens its log (Samba until its SIGHUP) are still
+delivered, after lines of newer files, carrying the position of the current
+file, which already covers them.
+
+Not guaranteed (nobody can read what is gone, or tell files apart without
+their events):
+- a rotated file deleted, overwritten by a rename, or moved out of the
+  directory before we opened it (we had not reached it yet);
+- an inotify queue overflow: we continue with the file at the name, files
+  rotated in between may be skipped (logged);
+- copytruncate: lines written between its copy and its truncate (they are in
+  neither file); a copy already compressed, deleted or placed in another
+  directory when we notice the truncation; content truncated before we read
+  any of it (nothing identifies its copy); a file truncated and refilled
+  past our offset with the same first KiB (indistinguishable from appends);
+- late lines written to a rotated file after its grace period;
+- after a stop: resuming continues in the position's file (found by inode,
+  under any name in the directory), then with the file at the name; files
+  rotated in between, and a copytruncate copy, are not read.
+
+Every error (permission, I/O, directory missing, a failing callback) is
+logged with the path, counted and retried with exponential backoff; nothing
+escapes the thread.  A failing callback is retried with the same line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
 import logging
 import math
 import os
@@ -51,11 +81,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from userseg.adapters.sources.follow_reader import (
+    HEAD_BYTES,
+    MAX_LINE,
+    FileReader,
+    Oversized,
+    Position,
+    head_hash,
+)
 from userseg.adapters.sources.inotify import Inotify, Mask, SuccessorTracker
 
-HEAD_BYTES = 1024  # the identity of a file: a hash of (up to) its first KiB, with its inode
-MAX_LINE = 65_536
-PREFIX_BYTES = 200  # kept from an oversized line, for the error message
+__all__ = [
+    "HEAD_BYTES",
+    "MAX_LINE",
+    "FollowStats",
+    "LineFollower",
+    "OnLine",
+    "Oversized",
+    "Position",
+    "head_hash",
+]
+
 _DIR_MASK = (
     Mask.CREATE
     | Mask.MOVED_TO
@@ -67,61 +113,7 @@ _DIR_MASK = (
 )
 _FILE_MASK = Mask.MODIFY | Mask.ATTRIB | Mask.MOVE_SELF | Mask.DELETE_SELF
 _DIR_GONE = Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.UNMOUNT
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where reading stopped: the inode (dev for diagnostics), offset after a line, head hash.
-
-    The device is recorded but not compared: the position is only ever matched
-    against files in the followed directory, and some filesystems renumber
-    their device across reboots; inode plus a hash of the first KiB is already
-    unambiguous.
-    """
-
-    dev: int
-    ino: int
-    offset: int
-    head_len: int
-    head_hash: str
-
-    def encode(self) -> str:
-        return _encode(self.dev, self.ino, self.head_len, self.head_hash) + f"{self.offset}}}"
-
-    @classmethod
-    def decode(cls, text: str) -> Position:
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"position is not JSON: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("v") != 1:
-            raise ValueError("position is not a version-1 file position")
-        fields = [raw.get(k) for k in ("dev", "ino", "off", "hlen")]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields):
-            raise ValueError("position needs non-negative integers dev, ino, off, hlen")
-        head = raw.get("head")
-        if not isinstance(head, str) or len(head) != 32:
-            raise ValueError("position needs a 32-digit hex head hash")
-        dev, ino, off, hlen = (int(v) for v in fields)  # type: ignore[arg-type]
-        if hlen > min(off, HEAD_BYTES):
-            raise ValueError(f"position head length {hlen} exceeds its offset {off} or {HEAD_BYTES}")
-        return cls(dev, ino, off, hlen, head)
-
-
-def _encode(dev: int, ino: int, hlen: int, head: str) -> str:
-    return f'{{"v":1,"dev":{dev},"ino":{ino},"hlen":{hlen},"head":"{head}","off":'
-
-
-def head_hash(head: bytes) -> str:
-    return hashlib.blake2b(head, digest_size=16).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Oversized:
-    """A line over the limit: not delivered, only its length (without newline) and first bytes."""
-
-    length: int
-    prefix: bytes
+_ATTEMPTS = 100  # a directory that changes under us this often is an error (retried with backoff)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,133 +127,6 @@ class FollowStats:
 
 
 OnLine = Callable[[bytes | Oversized, str], None]
-_Deliver = Callable[["_Reader", bytes | Oversized, int], None]
-
-
-class _Reader:
-    """One open file: read offset, offset after the last delivered line, undelivered tail, head bytes."""
-
-    __slots__ = (
-        "_pos",
-        "buf",
-        "deadline",
-        "dev",
-        "fd",
-        "head",
-        "ino",
-        "line_off",
-        "max_line",
-        "name",
-        "read_off",
-        "skip_len",
-        "skip_prefix",
-        "wd",
-    )
-
-    def __init__(self, fd: int, name: str, max_line: int) -> None:
-        st = os.fstat(fd)
-        self.fd, self.name, self.max_line = fd, name, max_line
-        self.dev, self.ino = st.st_dev, st.st_ino
-        self.wd: int | None = None
-        self.deadline: float | None = None  # set once rotated away: closed after the grace period
-        self._pos: tuple[int, str] = (-1, "")  # (head length, encoded prefix) of the last position
-        self.start_at(0)
-
-    def start_at(self, offset: int) -> None:
-        self.read_off = self.line_off = offset
-        self.buf = b""
-        self.skip_len = -1  # >= 0: inside an oversized line, this many of its bytes discarded
-        self.skip_prefix = b""
-        self.head = os.pread(self.fd, min(offset, HEAD_BYTES), 0) if offset else b""
-
-    def size(self) -> int:
-        return os.fstat(self.fd).st_size
-
-    def matches(self, pos: Position) -> bool:
-        """Is this the file `pos` was taken in (same inode, long enough, same head)?"""
-        if self.ino != pos.ino or self.size() < pos.offset:
-            return False
-        return head_hash(os.pread(self.fd, pos.head_len, 0)) == pos.head_hash
-
-    def tail_offset(self) -> int:
-        """Offset just after the last newline: where "start at end" begins without cutting a line."""
-        size = self.size()
-        window = min(size, self.max_line + 1)
-        newline = os.pread(self.fd, window, size - window).rfind(b"\n")
-        if newline >= 0:
-            return size - window + newline + 1
-        return 0 if size <= self.max_line else size - window
-
-    def _rewritten(self) -> bool:
-        """Shrunk below what we read, or rewritten from the start (copytruncate, then refilled fast)."""
-        if self.size() < self.read_off:
-            return True
-        return bool(self.head) and os.pread(self.fd, len(self.head), 0) != self.head
-
-    def position(self, offset: int) -> str:
-        hlen = min(offset, len(self.head))
-        if self._pos[0] != hlen:
-            self._pos = (hlen, _encode(self.dev, self.ino, hlen, head_hash(self.head[:hlen])))
-        return f"{self._pos[1]}{offset}}}"
-
-    def pump(self, deliver: _Deliver, chunk: int, on_truncate: Callable[[], None]) -> None:
-        """Read to EOF in big chunks, delivering complete lines.
-
-        Truncation is checked before every read and the head again after it,
-        so data read across a copytruncate is discarded, not delivered.
-        Delivery may block for long (back-pressure), so this loops until a
-        read finds nothing new.
-        """
-        if self.buf:
-            self.split(deliver)  # lines a failed delivery left behind
-        while True:
-            if self._rewritten():
-                on_truncate()
-                self.start_at(0)
-            data = os.pread(self.fd, chunk, self.read_off)
-            if not data:
-                return
-            if self.head and os.pread(self.fd, len(self.head), 0) != self.head:
-                continue  # rewritten while we read: start over
-            if len(self.head) < HEAD_BYTES and self.read_off == len(self.head):
-                self.head = (self.head + data)[:HEAD_BYTES]
-            self.read_off += len(data)
-            self.buf += data
-            self.split(deliver)
-
-    def split(self, deliver: _Deliver, final: bool = False) -> None:
-        """Deliver the complete lines in `buf` (and an unterminated tail when `final`).
-
-        A failing `deliver` leaves its line in `buf`, to be offered again.
-        """
-        buf, start = self.buf, 0
-        try:
-            while True:
-                newline = buf.find(b"\n", start)
-                end = newline if newline >= 0 else len(buf)
-                if newline < 0 and not (final and (end > start or self.skip_len >= 0)):
-                    if self.skip_len >= 0:
-                        self.skip_len += end - start
-                        start = end
-                    elif end - start > self.max_line:
-                        self.skip_len, self.skip_prefix = end - start, buf[start : start + PREFIX_BYTES]
-                        start = end
-                    return
-                length = end - start
-                item: bytes | Oversized
-                if self.skip_len >= 0:
-                    item = Oversized(self.skip_len + length, self.skip_prefix)
-                elif length > self.max_line:
-                    item = Oversized(length, buf[start : start + PREFIX_BYTES])
-                else:
-                    item = buf[start : end - 1 if length and buf[end - 1] == 13 else end]
-                after = self.line_off + max(self.skip_len, 0) + length + (newline >= 0)
-                deliver(self, item, after)
-                self.line_off, self.skip_len, start = after, -1, end + 1
-                if newline < 0:
-                    return
-        finally:
-            self.buf = buf[start:] if start else buf
 
 
 class LineFollower:
@@ -304,8 +169,9 @@ class LineFollower:
         # owned by the thread
         self._inotify: Inotify | None = None
         self._dir_wd: int | None = None
-        self._current: _Reader | None = None
-        self._draining: list[_Reader] = []  # rotated away, still read until their grace period ends
+        self._current: FileReader | None = None
+        self._draining: list[FileReader] = []  # rotated away, still read until their grace period ends
+        self._next: FileReader | None = None  # the successor, opened, until the current file is read out
         self._successors = SuccessorTracker(self.path.name)
         self._waiting = False
 
@@ -319,7 +185,9 @@ class LineFollower:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop promptly (also while waiting for the file); True once the thread has ended.
 
-        Only a delivery blocked in `on_line` delays it.  Call again after a
+        Only a delivery blocked in `on_line` delays it: the thread gives up any
+        backlog at the next line, file or directory scan (`_Stopped`), and no
+        line is delivered after the delivery in progress.  Call again after a
         False to finish the cleanup.
         """
         thread = self._thread
@@ -376,12 +244,26 @@ class LineFollower:
                         backoff,
                         exc_info=not isinstance(exc, OSError | _DeliveryFailed),
                     )
+        except _Stopped:
+            pass  # raised by `_checkpoint` anywhere in a sync: what is left of the backlog is given up
         finally:
-            for reader in [*self._draining, *([self._current] if self._current else [])]:
-                os.close(reader.fd)
-            self._draining, self._current = [], None
-            if self._inotify is not None:
-                self._inotify.close()
+            self._close()
+
+    def _checkpoint(self) -> None:
+        """Between two steps of any loop of the thread: unwind it at once if stop() was called."""
+        if self._stopping:
+            raise _Stopped
+
+    def _close(self) -> None:
+        for reader in self._held():
+            os.close(reader.fd)
+        self._draining, self._current, self._next = [], None, None
+        if self._inotify is not None:
+            self._inotify.close()
+
+    def _held(self) -> list[FileReader]:
+        """Every file we have open: draining, current, and the successor about to be current."""
+        return [*self._draining, *(r for r in (self._current, self._next) if r is not None)]
 
     def _drain_events(self) -> set[str]:
         """Feed queued inotify events to the successor tracker; returns the directory names they touched."""
@@ -394,12 +276,36 @@ class LineFollower:
             elif self._dir_wd is not None and event.wd == self._dir_wd:
                 if event.mask & _DIR_GONE:
                     self._dir_wd = None  # re-added on the next sync, on whatever directory has the name
+                    self._successors.reset()  # its names meant the old directory
                     if not event.mask & Mask.IGNORED:
                         self._inotify.rm_watch(event.wd)
                 elif event.name:
                     self._successors.feed(event)
                     touched.add(event.name)
         return touched
+
+    def _settle(self) -> set[str]:
+        """Read the events of every directory change made so far; returns the names they touched.
+
+        inotify promises no such thing by itself: a rename, create or unlink
+        is visible (to an open() by name) a moment before its events are
+        queued.  But Linux queues them while the change still holds the
+        directory's i_rwsem, and getdents() takes that lock, so one read of
+        the directory is a barrier.  (Were a filesystem to differ, what is
+        left is the old race of a few microseconds, not a systematic loss.)
+        The two halves of a rename are queued one after the other; a
+        successor's MOVED_FROM still unmatched after a later barrier left the
+        directory (`moves_pending`).
+        """
+        touched: set[str] = set()
+        for _ in range(_ATTEMPTS):
+            self._checkpoint()
+            with os.scandir(self.path.parent) as entries:
+                next(entries, None)  # one getdents(): waits out any change in progress
+            touched |= self._drain_events()
+            if not self._successors.moves_pending():
+                return touched
+        raise RuntimeError(f"renames in the directory of {self.path} do not complete")
 
     def _sync(self) -> None:
         """Read everything new, switching files as rotation requires (also the periodic safety check)."""
@@ -412,6 +318,7 @@ class LineFollower:
             self._resolved.set()
         now = time.monotonic()
         for reader in list(self._draining):
+            self._checkpoint()
             try:
                 self._pump(reader)
             except OSError as exc:  # a rotated file must not hold up the current one
@@ -423,17 +330,24 @@ class LineFollower:
             if reader.deadline is not None and now >= reader.deadline:
                 self._finish(reader)
         while True:
-            current = self._current
+            self._checkpoint()  # a storm of rotations can keep this loop going for as long as it lasts
+            # Look for a successor BEFORE reading the current file to its end: once a successor
+            # exists, everything written before the rotation is in the current file, so its lines
+            # go out first.  Opened but not yet switched to, it survives a failed delivery in `_next`.
+            if self._next is None:
+                self._next = self._successor()
+            current, successor = self._current, self._next
             failure: OSError | None = None
             if current is not None:
                 try:
                     self._pump(current)
                 except OSError as exc:
                     failure = exc
-            successor = self._successor()
             if failure is not None and successor is None:
                 raise failure
             if successor is None:
+                if self._successors.tracking:
+                    continue  # events read while pumping (a copy lookup) announced a new file
                 break
             if current is not None:
                 self._stats["rotations"] += 1
@@ -441,67 +355,144 @@ class LineFollower:
                 # an unreadable old file is given up at once (the next loop turn), the new one is readable
                 current.deadline = now + (self._grace if failure is None else 0.0)
                 self._draining.append(current)
-            self._current = successor
+            self._current, self._next = successor, None
         if self._current is None and not self._waiting:
             self._log.info("waiting for %s to appear", self.path)
         self._waiting = self._current is None
 
-    def _pump(self, reader: _Reader) -> None:
-        reader.pump(self._deliver, self._chunk, self._truncated)
+    def _pump(self, reader: FileReader) -> None:
+        reader.pump(self._deliver, self._chunk, self._truncated, self._checkpoint)
 
-    def _truncated(self) -> None:
+    def _truncated(self, reader: FileReader) -> None:
+        """`reader`'s file shrank or was rewritten: first deliver what its copy holds beyond our offset."""
+        copy = self._find_copy(reader)
+        if copy is not None:
+            try:
+                reader.absorb(copy[0], self._deliver, self._chunk, self._checkpoint)
+            finally:
+                os.close(copy[0])
         self._stats["truncations"] += 1
-        self._log.info("%s was truncated (copytruncate?); reading it from the start", self.path)
+        self._log.info(
+            "%s was truncated (copytruncate?)%s; reading it from the start",
+            self.path,
+            f"; read the rest of its old content from {copy[1]}" if copy else "",
+        )
 
-    def _open(self, name: str) -> _Reader:
+    def _find_copy(self, reader: FileReader) -> tuple[int, str] | None:
+        """A copytruncate copy of what `reader` read (see `continues_in`): an open descriptor and its name.
+
+        Rotated files may be renamed while we look (the next rotation shifting
+        log.1 to log.2), and a scan of the directory can miss a file being
+        renamed; so it is repeated while events report changes to the names
+        it covers.
+        """
+        if not reader.read_off:
+            return None  # nothing read, nothing to recognise the copy by
+        prefix = self.path.name
+        rejected = {(r.dev, r.ino) for r in self._held()}  # a renamed file of ours is no copy
+        self._settle()
+        for _ in range(_ATTEMPTS):
+            self._checkpoint()
+            found = self._scan_for_copy(reader, rejected)
+            if found is not None or not any(name.startswith(prefix) for name in self._settle()):
+                return found
+        return None
+
+    def _scan_for_copy(self, reader: FileReader, rejected: set[tuple[int, int]]) -> tuple[int, str] | None:
+        prefix, names = self.path.name, []
+        with os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                if not entry.name.startswith(prefix) or entry.name == prefix:
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_size >= reader.read_off:
+                        names.append(entry.name)
+        for name in sorted(names):
+            self._checkpoint()  # a directory may hold years of rotated files
+            try:
+                fd = os.open(self.path.parent / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) not in rejected and reader.continues_in(fd):
+                    return fd, name
+                rejected.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+            os.close(fd)
+        return None
+
+    def _open(self, name: str) -> FileReader:
         """Open a regular file of the directory (O_NONBLOCK: a FIFO must not hang the thread)."""
         fd = os.open(self.path.parent / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", str(self.path.parent / name))
-            return _Reader(fd, name, self._max_line)
+            return FileReader(fd, name, self._max_line)
         except BaseException:
             os.close(fd)
             raise
 
-    def _watch(self, reader: _Reader) -> _Reader:
+    def _watch(self, reader: FileReader) -> FileReader:
         assert self._inotify is not None  # the inode we hold, whatever its name is by now
         reader.wd = self._inotify.add_watch(f"/proc/self/fd/{reader.fd}", _FILE_MASK)
         return reader
 
-    def _successor(self) -> _Reader | None:
-        """Open the file that replaced the current one, if any (None: keep reading the current one)."""
-        for _ in range(100):
-            name = self._successors.first()
+    def _replaced(self) -> bool:
+        """Is another file than the current one at the followed name (False also when there is none)?"""
+        current = self._current
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # renamed or deleted, nothing new yet: the open file may still grow
+        return current is None or (st.st_ino, st.st_dev) != (current.ino, current.dev)
+
+    def _successor(self) -> FileReader | None:
+        """Open the file that replaced the current one, if any (None: keep reading the current one).
+
+        The tracker's names are only as fresh as the events read so far, and a
+        name can change between reading it and opening it.  So a name is
+        chosen on a settled view and the open is confirmed by a second settle:
+        if no event touched the name in between, the file opened is the one
+        meant.  A name that vanished is looked up again, never given up while
+        events still explain it (a rotated file renamed once more is still due).
+        """
+        tracker = self._successors
+        for _ in range(_ATTEMPTS):
+            self._checkpoint()
+            if self._current is not None and not tracker.tracking and not self._replaced():
+                return None  # the common case, a wake-up for an append: nothing new at the name
+            self._settle()
+            name = tracker.first()
+            tracked = name is not None
             if name is None:
-                name = self.path.name
-                if self._current is not None:
-                    try:
-                        st = os.stat(self.path)
-                    except FileNotFoundError:
-                        return None  # renamed or deleted, nothing new yet: the open file may still grow
-                    if st.st_ino == self._current.ino and st.st_dev == self._current.dev:
-                        return None
+                if self._current is not None and not self._replaced():
+                    return None
+                name = self.path.name  # not seen arriving (the start, a queue overflow): the file there
             try:
                 reader = self._open(name)
             except FileNotFoundError:
-                if self._successors.first() is None:
-                    return None
-                self._successors.pop()
-                continue
-            if name in self._drain_events():  # renamed or replaced while we opened it: which file is it?
+                if tracked and name not in self._settle():  # settled, and still not there: events were lost
+                    self._log.warning("%s: the rotated file %s vanished unreported, skipped", self.path, name)
+                    tracker.pop()
+                if tracked or tracker.tracking or self._replaced():
+                    continue  # renamed or deleted meanwhile: the events tell where it went
+                return None  # nothing at the name yet
+            try:
+                if name not in self._settle():  # else renamed or replaced around our open: which file is it?
+                    if tracked:
+                        tracker.pop()
+                    if not any(r.ino == reader.ino and r.dev == reader.dev for r in self._held()):
+                        return self._watch(reader)
+            except BaseException:  # _Stopped, a failed watch, a directory that never settles
                 os.close(reader.fd)
-                continue
-            if self._successors.first() is not None:
-                self._successors.pop()
-            held = [*self._draining, *([self._current] if self._current else [])]
-            if any(r.ino == reader.ino and r.dev == reader.dev for r in held):
-                os.close(reader.fd)  # a late event about a file we already hold
-                continue
-            return self._watch(reader)
+                raise
+            os.close(reader.fd)  # moved: look again; held: a late event about a file we already hold
         raise RuntimeError(f"the directory of {self.path} keeps changing")
 
-    def _initial(self) -> _Reader | None:
+    def _initial(self) -> FileReader | None:
         """Apply the saved position (or start_at_end) to pick the first file and offset."""
         from_start = not self._start_at_end
         if self._position is not None:
@@ -516,7 +507,7 @@ class LineFollower:
             reader.start_at(reader.tail_offset())
         return reader
 
-    def _resume(self, pos: Position) -> _Reader | None:
+    def _resume(self, pos: Position) -> FileReader | None:
         """Continue after `pos`: in the same file, in the rotated file it became, or from 0."""
         reader = self._successor()
         if reader is not None and reader.ino == pos.ino:
@@ -542,7 +533,7 @@ class LineFollower:
         old.start_at(pos.offset)
         return self._watch(old)
 
-    def _find_rotated(self, pos: Position) -> _Reader | None:
+    def _find_rotated(self, pos: Position) -> FileReader | None:
         """The file of `pos` under another name in the directory (logrotate's `log.1`), if unchanged."""
         with os.scandir(self.path.parent) as entries:
             names = sorted(e.name for e in entries if e.inode() == pos.ino and e.name != self.path.name)
@@ -559,7 +550,8 @@ class LineFollower:
             os.close(reader.fd)
         return None
 
-    def _deliver(self, reader: _Reader, item: bytes | Oversized, after: int) -> None:
+    def _deliver(self, reader: FileReader, item: bytes | Oversized, after: int) -> None:
+        self._checkpoint()  # the line stays in the reader's buffer, undelivered
         current = self._current
         if reader.deadline is not None and current is not None:
             position = current.position(current.line_off)  # a late line of a rotated file
@@ -574,7 +566,7 @@ class LineFollower:
         if isinstance(item, Oversized):
             self._stats["oversized"] += 1
 
-    def _finish(self, reader: _Reader) -> None:
+    def _finish(self, reader: FileReader) -> None:
         """End of a rotated file's grace period: deliver an unterminated last line, close it."""
         if reader.buf or reader.skip_len >= 0:
             self._log.warning("%s: the rotated file %s ends without a newline", self.path, reader.name)
@@ -583,10 +575,15 @@ class LineFollower:
         self._draining.remove(reader)
         self._release(reader)
 
-    def _release(self, reader: _Reader) -> None:
+    def _release(self, reader: FileReader) -> None:
         if reader.wd is not None and self._inotify is not None:
             self._inotify.rm_watch(reader.wd)
         os.close(reader.fd)
+
+
+class _Stopped(BaseException):
+    """stop() was called: unwinds the thread from any depth (a BaseException, so no error handler
+    of the thread mistakes it for a failure to log and retry; like GeneratorExit)."""
 
 
 class _DeliveryFailed(Exception):

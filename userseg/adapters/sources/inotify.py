@@ -18,6 +18,7 @@ import enum
 import errno
 import os
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then `len` bytes of name
@@ -156,46 +157,105 @@ class Inotify:
         self.close()
 
 
+class _Successor:
+    """One file that came to the followed name: its current name (None while a rename is in flight)."""
+
+    __slots__ = ("live", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name: str | None = name
+        self.live = True  # False once deleted, overwritten, moved out, given up or taken (`pop`)
+
+
 class SuccessorTracker:
     """Where the files that replaced the followed name since the open file was opened live now, oldest first.
 
     Fed with the directory's events in kernel order: a file created (or moved)
     at the followed name is a successor; renames move successors (logrotate's
     `log -> log.1`); deletes and overwrites drop them.  Names only, so opening
-    one must be checked against events that arrive meanwhile (the follower does).
+    one must be checked against events that arrive meanwhile (the follower
+    does, see its `_settle`).
+
+    The kernel queues a rename's MOVED_FROM and MOVED_TO one after the other,
+    so a read can return the first without the second (inotify(7)).  Such a
+    successor is "in flight": it keeps its place, `moves_pending` says so, and
+    the follower reads on until it lands or is known to have left.
+
+    Every event costs O(1) whatever the number of successors: a follower that
+    fell thousands of rotations behind reads a full queue (16384 events) in
+    milliseconds, not seconds spent unable to notice a stop.  Dropped entries
+    stay in the queue, marked dead, until they reach its head.
     """
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self.names: list[list[str | None]] = []  # one-element lists: identity survives renames
-        self._moving: dict[int, list[str | None]] = {}
+        self._order: deque[_Successor] = deque()  # creation order, dead entries included
+        self._at: dict[str, _Successor] = {}  # current name -> the live successor there
+        self._moving: dict[int, _Successor] = {}  # rename cookie -> a successor in flight
+        self._stale: set[int] = set()  # moves already pending at the last `moves_pending`
 
     def feed(self, event: InotifyEvent) -> None:
         mask, name = event.mask, event.name
         if mask & Mask.ISDIR:
             return
         if mask & Mask.MOVED_FROM:
-            for entry in self.names:
-                if entry[0] == name:
-                    entry[0] = None  # in flight, keeps its place; dropped unless its MOVED_TO follows
-                    self._moving[event.cookie] = entry
+            entry = self._at.pop(name, None)
+            if entry is not None:
+                entry.name = None  # in flight, keeps its place; dropped unless its MOVED_TO follows
+                self._moving[event.cookie] = entry
         elif mask & (Mask.MOVED_TO | Mask.CREATE | Mask.DELETE):
             moved = self._moving.pop(event.cookie, None) if mask & Mask.MOVED_TO else None
-            self.names = [e for e in self.names if e[0] != name]  # overwritten or deleted
-            if moved is not None:
-                moved[0] = name
+            replaced = self._at.pop(name, None)
+            if replaced is not None:
+                replaced.live = False  # overwritten or deleted
+            if moved is not None and moved.live:
+                moved.name = name
+                self._at[name] = moved
             elif name == self.target and not mask & Mask.DELETE:
-                self.names.append([name])
+                self._at[name] = entry = _Successor(name)
+                self._order.append(entry)
+
+    @property
+    def tracking(self) -> bool:
+        """Is any successor known (also one in flight)?"""
+        return bool(self._at or self._moving)
+
+    def moves_pending(self) -> bool:
+        """Is a successor's rename half-reported?  Call after each barrier + read of the events.
+
+        A move that was already pending at the previous call, so before the
+        barrier that preceded this read, has completed without its MOVED_TO
+        reaching us: the file left the directory, and is dropped.
+        """
+        for cookie in self._stale:
+            entry = self._moving.pop(cookie, None)
+            if entry is not None:
+                entry.live = False
+        self._stale = set(self._moving)
+        return bool(self._moving)
 
     def first(self) -> str | None:
         """The oldest successor's current name (call after a whole batch of events: renames come in pairs)."""
-        self.names = [e for e in self.names if e[0] is not None]
+        for entry in self._moving.values():
+            entry.live = False
         self._moving.clear()
-        return self.names[0][0] if self.names else None
+        self._stale.clear()
+        while self._order and not self._order[0].live:
+            self._order.popleft()
+        return self._order[0].name if self._order else None
 
     def pop(self) -> None:
-        self.names.pop(0)
+        """Take the successor `first` named (the follower opened it)."""
+        entry = self._order.popleft()
+        entry.live = False
+        if entry.name is not None and self._at.get(entry.name) is entry:
+            del self._at[entry.name]
 
     def reset(self, seed: bool = False) -> None:
-        self.names = [[self.target]] if seed else []
+        self._order.clear()
+        self._at.clear()
         self._moving.clear()
+        self._stale.clear()
+        if seed:
+            self._at[self.target] = entry = _Successor(self.target)
+            self._order.append(entry)
