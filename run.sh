@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc nftables libnftables1 iproute2 conntrack curl procps openssl
-              systemd util-linux passwd)  # systemd-analyze/systemd-sysusers (unit tests), setpriv, useradd
+              systemd util-linux passwd socat)  # systemd-analyze/-sysusers, setpriv, useradd (unit and
+              # privilege tests); socat (a lab test talks to a server by hand)
 # A real Samba AD DC for the lab, the demo and the directory tests (provisioned in namespaces,
 # never as a host service), with the LDAP/Kerberos client tools the tests use against it.
 AD_PACKAGES=(samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules samba-common-bin

@@ -53,7 +53,9 @@ def hidden_trees() -> dict[Path, set[str]]:
     """Directories other users cannot traverse (e.g. /root, 0700) above what the service's
     interpreter needs (the venv, its base interpreter, the package's source), each with the
     names of the entries below it to keep visible.  Empty when everything is reachable."""
-    needed = {sys.prefix, sys.base_prefix, str(Path(userseg.__file__).parents[1])}
+    # The package directory itself, not the checkout: a checkout that is 0700 (mktemp -d,
+    # a clone under /root) is then hidden too, with only the package and the venv bound back.
+    needed = {sys.prefix, sys.base_prefix, str(Path(userseg.__file__).parent)}
     hidden: dict[Path, set[str]] = {}
     for path in (Path(os.path.realpath(p)) for p in needed):
         for parent in reversed(path.parents):
