@@ -48,7 +48,6 @@ log = logging.getLogger("userseg.syslog")
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 UDP_BATCH = 512  # datagrams drained per wake-up before the stop flag is looked at again
 SO_MEMINFO, SK_MEMINFO_VARS, SK_MEMINFO_DROPS = 55, 9, 8  # <linux/sock_diag.h>
-UDP_POLL = 0.25  # seconds: the longest a missed wakeup can leave queued datagrams unread
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; typeshed lacks it
 
 
@@ -298,11 +297,7 @@ class SyslogListener:
         view = memoryview(buffer)
         check = bool(ingress.allowed)
         while not self._stopping.is_set():
-            # A timeout, and a read attempt whether or not select reported the socket: under a
-            # flood that overflows the receive buffer we have seen Linux 6.18 leave megabytes
-            # queued with no further wakeup (every new datagram dropped, none announced), so
-            # the listener slept on a full socket.  Trying every UDP_POLL seconds bounds that.
-            selector.select(UDP_POLL)
+            selector.select()
             try:
                 for _ in range(UDP_BATCH):
                     try:
