@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench.world import client_ip
 from userseg.lab import ClientSpec, Lab, LabSpec, ServerSpec
+from userseg.lab.audit_lines import samba_line
 from userseg.model import Mapping
 from userseg.netns import NetnsWorker
 from userseg.store import Store
@@ -45,7 +46,6 @@ from userseg.web.tokens import new_token, token_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv" / "bin" / "python")
-DOMAIN_SID = "S-1-5-21-2912434476-2553157008-4068195788"
 GROUPS = 50
 
 
@@ -67,24 +67,6 @@ queue_size = 100000
 listen = "127.0.0.1:{api_port}"
 max_body = 4194304
 """
-
-
-def samba_line(user: str, addr: str, now: datetime, n: int) -> str:
-    """A real Samba 4.17 auth_json_audit line (kinit, Kerberos KDC) with these values."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
-    ipfield = f"ipv4:{addr}:{40000 + n % 20000}" if ":" not in addr else f"ipv6:{addr}:{40000 + n % 20000}"
-    return (
-        f'  {{"timestamp": "{stamp}", "type": "Authentication", "Authentication": {{"version": '
-        f'{{"major": 1, "minor": 2}}, "eventId": 4624, "logonId": "{n:016x}", "logonType": 3, '
-        f'"status": "NT_STATUS_OK", "localAddress": null, "remoteAddress": "{ipfield}", '
-        f'"serviceDescription": "Kerberos KDC", "authDescription": "ENC-TS Pre-authentication", '
-        f'"clientDomain": null, "clientAccount": "{user}@LAB.EXAMPLE", "workstation": null, '
-        f'"becameAccount": "{user}", "becameDomain": "LAB", "becameSid": "{DOMAIN_SID}-{1100 + n % 90000}", '
-        f'"mappedAccount": "{user}", "mappedDomain": "LAB", "netlogonComputer": null, '
-        f'"netlogonTrustAccount": null, "netlogonNegotiateFlags": "0x00000000", '
-        f'"netlogonSecureChannelType": 0, "netlogonTrustAccountSid": null, '
-        f'"passwordType": "aes256-cts-hmac-sha1-96", "duration": 7296}}}}\n'
-    )
 
 
 def user_of(i: int, users: int) -> str:

@@ -14,7 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.scenario.cli_helpers import USERSEG, env
+from tests.scenario.cli_helpers import USERSEG, env, userseg, write_config
+from tests.scenario.world import ALICE
+from userseg.lab import Lab
 from userseg.service.statusfile import read_status, status_path
 
 SERVICE_SECTION = """
@@ -23,6 +25,16 @@ listen = "127.0.0.1:0"
 status_interval = 0.2
 startup_sync_timeout = 20
 """
+
+
+def prepare(lab: Lab, tmp: Path, extra: str = "") -> Path:
+    """The scenario config plus [service] (and `extra`), a migrated store, the directory,
+    and alice mapped on her client IP (not applied: the service does that)."""
+    cfg = write_config(tmp, lab, SERVICE_SECTION + extra)
+    userseg(cfg, "db", "upgrade")
+    userseg(cfg, "directory", "import", str(tmp / "directory.json"))
+    userseg(cfg, "map", "add", "alice", ALICE, "--no-apply")
+    return cfg
 
 
 class ServiceProcess:

@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.scenario.cli_helpers import userseg, write_config
-from tests.scenario.service_helpers import SERVICE_SECTION, ServiceProcess
+from tests.scenario.cli_helpers import USERSEG, userseg, write_config
+from tests.scenario.service_helpers import ServiceProcess, prepare
 from tests.scenario.world import ALICE, BOB, FIN, HR
 from userseg.lab import Lab, probe_tcp
 
 pytestmark = pytest.mark.netns
-
-
-def _prepare(lab: Lab, tmp: Path, extra: str = "") -> Path:
-    cfg = write_config(tmp, lab, SERVICE_SECTION + extra)
-    userseg(cfg, "db", "upgrade")
-    userseg(cfg, "directory", "import", str(tmp / "directory.json"))
-    userseg(cfg, "map", "add", "alice", ALICE, "--no-apply")
-    return cfg
 
 
 def _cleanup(lab: Lab) -> None:
@@ -33,7 +25,7 @@ def _cleanup(lab: Lab) -> None:
 def test_serve_signals_ready_serves_health_and_metrics_and_stops_leaving_enforcement(
     lab: Lab, tmp_path: Path
 ) -> None:
-    cfg = _prepare(lab, tmp_path)
+    cfg = prepare(lab, tmp_path)
     svc = ServiceProcess(cfg, netns=lab.gateway_ns, watchdog_usec=400_000)
     try:
         ready = svc.wait_ready()
@@ -75,7 +67,7 @@ def test_serve_signals_ready_serves_health_and_metrics_and_stops_leaving_enforce
 
 
 def test_sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(lab: Lab, tmp_path: Path) -> None:
-    cfg = _prepare(lab, tmp_path)
+    cfg = prepare(lab, tmp_path)
     good = cfg.read_text()
     svc = ServiceProcess(cfg, netns=lab.gateway_ns)
     try:
@@ -125,12 +117,7 @@ def test_sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(lab: La
 def test_a_bad_config_at_start_exits_2_with_the_reason(lab: Lab, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, lab, '\n[service]\nlisten = "nowhere"\n')
     proc = subprocess.run(
-        [
-            *__import__("tests.scenario.cli_helpers", fromlist=["USERSEG"]).USERSEG,
-            "--config",
-            str(cfg),
-            "serve",
-        ],
+        [*USERSEG, "--config", str(cfg), "serve"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -145,7 +132,7 @@ def test_a_stuck_loop_fails_healthz_and_stops_watchdog_pings(lab: Lab, tmp_path:
     import os
     import time
 
-    cfg = _prepare(lab, tmp_path)
+    cfg = prepare(lab, tmp_path)
     svc = ServiceProcess(cfg, netns=lab.gateway_ns, watchdog_usec=1_000_000)
     lock_path = tmp_path / "run" / f"reconcile-{lab.gateway_ns}.lock"
     fd = -1

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.scenario.cli_helpers import userseg, write_config
-from tests.scenario.service_helpers import SERVICE_SECTION, ServiceProcess
+from tests.scenario.cli_helpers import userseg
+from tests.scenario.service_helpers import ServiceProcess, prepare
 from tests.scenario.world import ALICE, BOB, FIN, HR
 from userseg.lab import Lab, probe_tcp
 from userseg.lab.audit_lines import samba_line
@@ -25,14 +25,6 @@ from userseg.store import Store
 pytestmark = pytest.mark.netns
 
 BULK_BASE = int(ipaddress.IPv4Address("198.19.0.0"))  # inside 198.18.0.0/15; never sent to
-
-
-def _prepare(lab: Lab, tmp: Path, extra: str = "") -> Path:
-    cfg = write_config(tmp, lab, SERVICE_SECTION + extra)
-    userseg(cfg, "db", "upgrade")
-    userseg(cfg, "directory", "import", str(tmp / "directory.json"))
-    userseg(cfg, "map", "add", "alice", ALICE, "--no-apply")
-    return cfg
 
 
 def _kernel_elements(lab: Lab) -> int | None:
@@ -52,7 +44,7 @@ def _cleanup(lab: Lab) -> None:
 
 
 def test_kill_9_during_an_apply_converges_after_restart(lab: Lab, tmp_path: Path) -> None:
-    cfg = _prepare(lab, tmp_path)
+    cfg = prepare(lab, tmp_path)
     now = datetime.now(UTC)
     bulk = 40_000  # > 20k element changes: the cold-start plan is several transactions
     with Store(f"sqlite:///{tmp_path}/userseg.db") as store:
@@ -109,7 +101,7 @@ def test_kill_9_during_an_apply_converges_after_restart(lab: Lab, tmp_path: Path
 
 
 def test_flushed_ruleset_is_restored_within_the_resync_interval(lab: Lab, tmp_path: Path) -> None:
-    cfg = _prepare(lab, tmp_path)  # resync_interval = 2 s
+    cfg = prepare(lab, tmp_path)  # resync_interval = 2 s
     svc = ServiceProcess(cfg, netns=lab.gateway_ns)
     try:
         svc.wait_ready()
@@ -147,7 +139,7 @@ path = "{log}"
 
 def test_database_locked_by_another_writer_loses_no_login(lab: Lab, tmp_path: Path) -> None:
     section, log = _samba_source(tmp_path)
-    cfg = _prepare(lab, tmp_path, section)
+    cfg = prepare(lab, tmp_path, section)
     db = tmp_path / "userseg.db"
     svc = ServiceProcess(cfg, netns=lab.gateway_ns)
     try:
@@ -188,7 +180,7 @@ def test_database_locked_by_another_writer_loses_no_login(lab: Lab, tmp_path: Pa
 
 
 def test_truncated_database_is_moved_aside_and_rebuilt_from_the_kernel(lab: Lab, tmp_path: Path) -> None:
-    cfg = _prepare(lab, tmp_path)
+    cfg = prepare(lab, tmp_path)
     userseg(cfg, "map", "add", "bob", BOB, "--no-apply")
     db = tmp_path / "userseg.db"
     svc = ServiceProcess(cfg, netns=lab.gateway_ns)
@@ -253,7 +245,7 @@ type = "syslog"
 listen = "udp://0.0.0.0:16515"
 format = "nxlog"
 """
-    cfg = _prepare(lab, tmp_path, section)
+    cfg = prepare(lab, tmp_path, section)
     svc = ServiceProcess(cfg, netns=lab.gateway_ns)
     try:
         svc.wait_ready()
