@@ -273,7 +273,7 @@ class Service:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
-                if interval is not None and now >= next_ping and self.health().live:
+                if interval is not None and now >= next_ping and not self.stuck_loops():
                     self.notifier.notify("WATCHDOG=1")
                     next_ping = now + interval
                 if now >= next_status:
@@ -374,20 +374,26 @@ class Service:
         self.last_reconcile_mono = time.monotonic()
         self.metrics.apply_seconds.labels("full").observe(report.seconds)
 
-    def health(self) -> Health:
+    def stuck_loops(self) -> tuple[str, ...]:
+        """The loops past their deadline (what `live` is decided on): heartbeats only, no I/O,
+        so the watchdog can ask every tick."""
         now = time.monotonic()
         e = self.enforcer
         if e is not None and e.busy_since is not None and now - e.busy_since < RECONCILE_LIMIT:
             self.beats.beat("enforce", now)  # inside a reconcile (locks held): working, not hung
         if e is not None and e.ingest is not None:
             self.beats.beat("ingest", e.ingest.pipeline.last_cycle)
+        return self.beats.stuck(now)
+
+    def health(self, directory: dict[str, Any] | None = None) -> Health:
+        """`directory`: the directory status if the caller has just read it (one store read)."""
         assert self.rt is not None
         return assess(
             HealthFacts(
                 started=self.started,
-                stuck_loops=self.beats.stuck(now),
+                stuck_loops=self.stuck_loops(),
                 reconcile_error=self.enforcer.last_error if self.enforcer else None,
-                degraded=tuple(status_mod.degraded_reasons(self)),
+                degraded=tuple(status_mod.degraded_reasons(self, directory)),
             )
         )
 

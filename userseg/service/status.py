@@ -21,7 +21,8 @@ QUEUE_WARN = 0.9  # a queue this full is reported as degraded (back-pressure is 
 DROP_WINDOW = 60.0  # events dropped within this many seconds make the service degraded
 
 
-def degraded_reasons(svc: Service) -> list[str]:
+def degraded_reasons(svc: Service, directory: dict[str, Any] | None = None) -> list[str]:
+    """`directory`: cli_directory.directory_status(rt) if the caller has it already."""
     reasons: list[str] = []
     e, rt = svc.enforcer, svc.rt
     if rt is None or e is None:
@@ -34,7 +35,7 @@ def degraded_reasons(svc: Service) -> list[str]:
         error = e.service.last_outcome.error
         reasons.append(f"directory: last sync failed, serving from the persisted directory: {error}")
     if rt.config.directory is not None:
-        d = cli_directory.directory_status(rt)
+        d = directory if directory is not None else cli_directory.directory_status(rt)
         if d is not None and d["stale"]:
             extra = "; FAIL-CLOSED: every client is treated as unknown" if d["fail_closed_active"] else ""
             limit = d["max_staleness_seconds"]
@@ -66,12 +67,13 @@ def status_doc(svc: Service) -> dict[str, Any]:
     mono = time.monotonic()
     report = e.last_report
     ingest = e.ingest
+    d = cli_directory.directory_status(rt)  # read once: for the health reasons and the document
     doc: dict[str, Any] = {
         "pid": os.getpid(),
         "config": rt.config.source,
         "started_at": datetime.fromtimestamp(svc.started_at, UTC).isoformat(timespec="seconds"),
         "uptime_seconds": round(time.time() - svc.started_at, 1),
-        "health": svc.health().doc(),
+        "health": svc.health(d).doc(),
         "loops": svc.beats.ages(mono),
         "kernel": {
             "in_step": report is not None and e.last_error is None and e.hold_reason is None,
@@ -113,7 +115,6 @@ def status_doc(svc: Service) -> dict[str, Any]:
             "commit_retries": ingest.pipeline.commit_retries if ingest is not None else 0,
             "sources": sources,
         }
-    d = cli_directory.directory_status(rt)
     if d is not None:
         now = rt.clock.now()
         for s in d["servers"]:
