@@ -33,9 +33,8 @@ from userseg.store import StoreError
 
 log = logging.getLogger("userseg.enforce")
 
-# Errors a reconcile may meet and survive (retried at once-per-2s); SQLAlchemy's
-# OperationalError ("database is locked") is caught by name to keep this module
-# free of the SQLAlchemy import.
+# Errors a reconcile may meet and survive (retried every 2 s at most); the store
+# wraps every database error, "database is locked" included, in StoreError.
 _RETRYABLE = (FirewallError, CompileError, StoreError, OSError)
 
 
@@ -150,9 +149,7 @@ class Enforcer:
                 elif gen != self._seen and self.ingest is not None:
                     self.ingest.pipeline.reload()  # someone else changed mappings
                 self._seen, self._next_full = gen, now + self.rt.config.resync_interval
-            except Exception as exc:
-                if not isinstance(exc, _RETRYABLE) and type(exc).__name__ != "OperationalError":
-                    raise
+            except _RETRYABLE as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("reconcile failed, will retry: %s", exc)
                 self._next_full = now + min(self.rt.config.resync_interval, 2.0)
